@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv (pinned installs from requirements*.txt) the first time, then reuse it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+SHARED ?= ../shared
+BIN     = $(VENV)/bin
+# Install from the regular package index: the CPU-only torch wheel that some machines keep in a local
+# find-links folder does not load torchvision's compiled ops (see README, "Installing PyTorch").
+PIP     = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/python -m pip
+STAMP   = $(VENV)/.installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/moe-fusion replay $(SHARED)/data/bags/sample_small --out $(DEMO_OUT)/fused_bag \
+		--report $(DEMO_OUT)/report.json --overwrite
+	$(BIN)/moe-fusion fuse --ir $(SHARED)/data/msrs/ir --vis $(SHARED)/data/msrs/vis \
+		--out $(DEMO_OUT)/msrs --color --detections
+	@echo "demo outputs in $(DEMO_OUT)/ (fused_bag/, report.json, msrs/)"
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	MOE_FUSION_SHARED=$(SHARED) $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
