@@ -1,0 +1,130 @@
+"""Checkpoints: weights as safetensors with the config beside them, written atomically; never unpickled.
+
+A checkpoint is a folder ``<dir>/`` holding ``model.safetensors`` (tensors) and ``config.yaml``; training
+checkpoints add ``train_state.safetensors`` (optimizer, scheduler, RNG states as tensors) and
+``train_state.json`` (step, epoch, plain values). A path to a ``.safetensors`` file also loads, with its
+config read from the file's metadata or the sibling ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .config import Config
+from .model import MoEFusion, build_model
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.yaml"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match its config."""
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_dir(target: Path, write: Any) -> None:
+    """Write a folder atomically: ``write(tmp_dir)`` fills a temporary sibling that then replaces ``target``.
+
+    A kill at any moment leaves either the old folder or the new one, never a mix.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    write(tmp)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    _fsync_dir(target.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def state_dict_for_save(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Contiguous, non-shared copies of the model's tensors (optionally cast floating tensors)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        out[k] = t.clone().contiguous()
+    return out
+
+
+def save_model(model: MoEFusion, cfg: Config, path: str | Path, dtype: torch.dtype | None = None,
+               metadata: dict[str, str] | None = None) -> Path:
+    """Save weights + config into folder ``path`` atomically. ``dtype=torch.float16`` for deployment."""
+    path = Path(path)
+    meta = {"format": "moe-fusion", "config": json.dumps(cfg.to_dict()), **(metadata or {})}
+
+    def write(tmp: Path) -> None:
+        save_file(state_dict_for_save(model, dtype), str(tmp / MODEL_FILE), metadata=meta)
+        (tmp / CONFIG_FILE).write_text(cfg.to_yaml())
+
+    atomic_write_dir(path, write)
+    return path
+
+
+def read_config(path: str | Path) -> Config:
+    """The config stored with a checkpoint (folder or .safetensors file)."""
+    path = Path(path)
+    if path.is_dir():
+        cfg_file = path / CONFIG_FILE
+        if cfg_file.is_file():
+            return Config.from_dict(yaml.safe_load(cfg_file.read_text()))
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here (expected a folder with {MODEL_FILE} + {CONFIG_FILE})")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" in meta:
+        return Config.from_dict(json.loads(meta["config"]))
+    sib = path.with_name(CONFIG_FILE)
+    if sib.is_file():
+        return Config.from_dict(yaml.safe_load(sib.read_text()))
+    raise CheckpointError(f"{path}: no config in the file's metadata and no {CONFIG_FILE} beside it")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[MoEFusion, Config]:
+    """Build the model from the checkpoint's config and load its weights (strict; safetensors only)."""
+    path = Path(path)
+    cfg = read_config(path)
+    weights = path / MODEL_FILE if path.is_dir() else path
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise CheckpointError(f"{weights}: cannot read weights ({e})") from e
+    model = build_model(cfg.model)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: weights do not match the config "
+                              f"(missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''})")
+    return model.to(device=device, dtype=dtype), cfg

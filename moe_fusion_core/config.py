@@ -1,0 +1,268 @@
+"""Configuration of a MoE-Fusion model, its losses and its training schedule.
+
+Plain dataclasses, loadable from / savable to YAML. Two named configs ship with the package (``paper`` and
+``embedded``, see :func:`named_config`); training recipes in ``training/`` override them per dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+M3FD_CLASSES = ["People", "Car", "Bus", "Motorcycle", "Lamp", "Truck"]
+
+
+@dataclass
+class GateConfig:
+    """A mixture layer's noisy top-K gate (spec §4.2) and its gate-input grid (spec §9.2)."""
+
+    num_experts: int = 4
+    top_k: int = 2
+    grid: tuple[int, int] = (120, 160)  # (H, W) the gate input is resized to before flattening
+    pool: str = "bilinear"  # "bilinear" (align_corners=True, = the code at 640×480) | "area"
+    noisy: bool = True
+    loss_coef: float = 0.01
+
+
+@dataclass
+class DetectorConfig:
+    """One auxiliary Faster R-CNN (built twice, one per modality) from torchvision parts (spec §3)."""
+
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | mobilenet_v3_large
+    fpn_channels: int = 256
+    attention_channels: int = 128
+    representation_size: int = 1024  # TwoMLPHead width
+    trainable_layers: int = 3  # backbone stages that train (resnet: 3 = stem+layer1 frozen)
+    frozen_bn: bool = True  # backbone BN with frozen statistics (paper); False when training from scratch
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    rgb_visible: bool = False  # spec §9.14: give the visible detector the RGB image instead of its luma
+
+
+@dataclass
+class ModelConfig:
+    """The whole model: encoders, attention, MoLE-fg/bg, MoGE and the two detectors."""
+
+    name: str = "paper"
+    class_names: list[str] = field(default_factory=lambda: list(M3FD_CLASSES))
+    encoder_channels: int = 16  # x_enc width; x_dense = 4 × this
+    local_hidden: int = 8  # local expert: C → hidden → C
+    global_channels: tuple[int, ...] = (64, 32, 16)  # global expert conv widths before the 1-channel output
+    mole: GateConfig = field(default_factory=lambda: GateConfig(grid=(120, 160), loss_coef=0.01))
+    moge: GateConfig = field(default_factory=lambda: GateConfig(grid=(60, 80), loss_coef=0.02))
+    combine: str = "logsumexp"  # "logsumexp" (authors' code) | "linear" (paper Eq. 2/4)
+    local_mode: str = "mole"  # "mole" | "none" (w/o MoLE) | "att_local" (attention, no expert mixture)
+    use_moge: bool = True  # False: one global-expert-shaped decoder (w/o MoGE)
+    att_mode: str = "max"  # "max" (code) | "conv" (paper: concat → two 1×1 conv branches → max)
+    att_level: int = 0  # FPN level whose attention maps drive the fusion (0 = P2, stride 4)
+    detector: DetectorConfig | None = field(default_factory=DetectorConfig)
+    fixed_att: float = 0.5  # Att used when there is no detector (tests, fusion-only ablations)
+    size_divisor: int = 32  # inputs are padded to a multiple of this and cropped back
+
+    @property
+    def num_classes(self) -> int:
+        """Detector classes including background."""
+        return len(self.class_names) + 1
+
+
+@dataclass
+class LossConfig:
+    """Fusion losses (spec §6)."""
+
+    alpha: float = 10.0  # gradient-loss weight
+    pixel_weight: float = 1.0
+    load_weight: float = 1.0  # multiplies the gates' own coefficients (0.01 / 0.01 / 0.02)
+    det_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser, schedule and data handling (spec §7)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 35.0
+    batch_size: int = 4
+    epochs: int = 24
+    repeat: int = 3  # the dataset is wrapped in a repeat, so one epoch = `repeat` passes
+    milestones: tuple[int, ...] = (16, 22)  # epochs after which the LR is multiplied by `gamma`
+    gamma: float = 0.1
+    steps: int | None = None  # overrides the epoch schedule (milestones scale proportionally)
+    input_size: tuple[int, int] | None = (480, 640)  # (H, W) resize (paper); None = native size
+    crop: tuple[int, int] | None = None  # (H, W) random crop after resizing (CPU schedules)
+    hflip: float = 0.0  # probability of a horizontal flip (paper: none)
+    keep_unlabelled: bool = False  # spec §9.6: train the fusion head on frames without boxes too
+    amp: bool = True  # autocast on CUDA (gates and combine stay fp32)
+    checkpoint_every: int = 500
+    log_every: int = 10
+    num_workers: int = 2
+    seed: int = 0
+    val_fraction: float = 0.1  # held out by scene
+
+
+@dataclass
+class Config:
+    """Everything a run needs: model, loss and training settings."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return _build(cls, data, "config")
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, data: dict[str, Any] | None, where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys with the key's full name."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(where + '.' + k for k in unknown)}")
+    kwargs: dict[str, Any] = {}
+    hints = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        t = str(hints[key])
+        sub = _NESTED.get((cls.__name__, key))
+        if sub is not None:
+            base = getattr(cls(), key) if key != "detector" else DetectorConfig()
+            merged = dataclasses.asdict(base) if base is not None else {}
+            if value is None:
+                kwargs[key] = None
+                continue
+            merged.update(value)
+            kwargs[key] = _build(sub, merged, f"{where}.{key}")
+        elif t.startswith("tuple") and value is not None:
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[tuple[str, str], type] = {
+    ("Config", "model"): ModelConfig,
+    ("Config", "loss"): LossConfig,
+    ("Config", "train"): TrainConfig,
+    ("ModelConfig", "mole"): GateConfig,
+    ("ModelConfig", "moge"): GateConfig,
+    ("ModelConfig", "detector"): DetectorConfig,
+}
+
+
+def paper_config() -> Config:
+    """The paper's model and recipe (authors' code, spec [R] defaults): R50-FPN detectors, N=4, K=2, α=10."""
+    return Config()
+
+
+def embedded_config() -> Config:
+    """A light model for onboard GPUs and CPUs: MobileNetV3 FPN detectors, small gate grids, narrow MoGE.
+
+    The fp16 checkpoint is ~25 MB; the fusion head keeps the paper's structure (encoders, 2×MoLE, MoGE,
+    top-2 of 4 experts, logsumexp combine), with global experts of width 32-16-16 instead of 64-32-16.
+    """
+    cfg = Config()
+    cfg.model.name = "embedded"
+    cfg.model.global_channels = (32, 16, 16)
+    cfg.model.mole = GateConfig(grid=(30, 40), pool="area", loss_coef=0.01)
+    cfg.model.moge = GateConfig(grid=(15, 20), pool="area", loss_coef=0.02)
+    cfg.model.detector = DetectorConfig(
+        backbone="mobilenet_v3_large",
+        fpn_channels=128,
+        attention_channels=64,
+        representation_size=256,
+        trainable_layers=6,
+        frozen_bn=False,
+        rpn_pre_nms_top_n_train=1000,
+        rpn_post_nms_top_n_train=500,
+        rpn_pre_nms_top_n_test=500,
+        rpn_post_nms_top_n_test=300,
+        box_batch_size_per_image=256,
+    )
+    return cfg
+
+
+NAMED_CONFIGS = {"paper": paper_config, "embedded": embedded_config}
+
+# Ablations of the paper's Table 2 / Fig. 7 as overrides on any config.
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "wo_mole": {"model": {"local_mode": "none"}},
+    "wo_moge": {"model": {"use_moge": False}},
+    "att_local": {"model": {"local_mode": "att_local"}},
+    "linear_combine": {"model": {"combine": "linear"}},
+    "paper_att": {"model": {"att_mode": "conv"}},
+}
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def named_config(name: str) -> Config:
+    """``paper`` or ``embedded``, optionally with ablations: ``paper+wo_mole``, ``embedded+att_local``."""
+    base, *ablations = name.split("+")
+    if base not in NAMED_CONFIGS:
+        raise ValueError(f"unknown config {base!r}; known: {', '.join(NAMED_CONFIGS)}")
+    data = NAMED_CONFIGS[base]().to_dict()
+    for a in ablations:
+        if a not in ABLATIONS:
+            raise ValueError(f"unknown ablation {a!r}; known: {', '.join(ABLATIONS)}")
+        data = merge(data, ABLATIONS[a])
+    return Config.from_dict(data)
+
+
+def load_config(spec: str | Path) -> Config:
+    """A named config (``paper``, ``embedded+wo_moge``) or a YAML file.
+
+    A YAML file may name a ``base:`` config and override any subset of keys.
+    """
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} not found")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping at the top level")
+        base = data.pop("base", None)
+        if base is not None:
+            data = merge(named_config(base).to_dict(), data)
+        return Config.from_dict(data)
+    return named_config(str(spec))
