@@ -1,0 +1,272 @@
+"""``FusionEngine``: numpy images in, fused image + detections + gate weights out.
+
+Input policy (what a robotics user can hand it):
+- infrared: H×W (or H×W×1, or H×W×3 with equal channels: channel 0) as ``uint8`` (used as is), ``uint16`` or
+  ``float32`` (radiometric / raw counts: normalised to 8 bits by :class:`~moe_fusion_core.preprocess.ThermalNormalizer`,
+  default percentile 1–99 window, stateless per frame; pass your own normaliser for streams).
+- visible: H×W×3 RGB (``vis_order="bgr"`` for OpenCV arrays) or H×W grey, ``uint8`` (``uint16`` is scaled down).
+- sizes: outputs are at the visible image's size. An infrared image of another size is resized to the visible
+  size (``mismatch="resize"``, bilinear; valid for registered cameras with the same field of view) or rejected
+  (``mismatch="error"``). The network runs at the native size (padded to a multiple of 32, cropped back; the
+  aspect ratio is never distorted); ``max_side`` optionally scales both down first, keeping the aspect ratio.
+- empty, zero-size, NaN/inf-only or wrongly shaped inputs raise ``ValueError`` naming the problem.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoint import load_model
+from .config import Config
+from .image_io import rgb_to_luma
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GATE_NAMES = ("mole_fg", "mole_bg", "moge")
+
+
+@dataclass
+class Detection:
+    """One detected object, in the visible image's pixel frame."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    class_id: int  # 0-based index into FusionEngine.class_names
+    class_name: str
+    score: float
+
+
+@dataclass
+class FusionResult:
+    """Everything the engine produces for one pair."""
+
+    fused: np.ndarray  # H×W uint8, the visible image's size
+    color: np.ndarray | None  # H×W×3 uint8 RGB (visible chrominance, fused luminance) when asked for
+    detections: list[Detection]
+    gates: dict[str, np.ndarray]  # 'mole_fg', 'mole_bg', 'moge' -> (num_experts,) float32
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def default_checkpoint() -> Path:
+    """The embedded default model shipped inside the package."""
+    return DEFAULT_MODEL_DIR
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → CUDA when available, else CPU; an unavailable CUDA device is a clear error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__})")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return d
+
+
+def color_fusion(fused: np.ndarray, vis_rgb: np.ndarray) -> np.ndarray:
+    """Visible chrominance with the fused image as luminance (BT.601 YCrCb, spec §1.4)."""
+    ycc = cv2.cvtColor(np.ascontiguousarray(vis_rgb), cv2.COLOR_RGB2YCrCb)
+    ycc[:, :, 0] = fused
+    return cv2.cvtColor(ycc, cv2.COLOR_YCrCb2RGB)
+
+
+def to_uint8(fused: torch.Tensor) -> np.ndarray:
+    """Raw network output → saved image: clamp to [0,1], ×255, round."""
+    return (fused.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+class FusionEngine:
+    """Loads a checkpoint once and fuses infrared/visible pairs (see the module docstring for the input policy)."""
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device | None = None,
+                 precision: str = "fp32", detections: bool = True, compile: bool = False, warmup: int = 0,
+                 channels_last: bool = True, score_threshold: float = 0.3, mismatch: str = "resize",
+                 max_side: int | None = None, thermal_normalizer: object | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if mismatch not in ("resize", "error"):
+            raise ValueError(f"mismatch must be 'resize' or 'error', got {mismatch!r}")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+        path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+        if checkpoint is None and not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"the embedded default model is missing from {path}; reinstall the package "
+                                    "or pass checkpoint=PATH")
+        self.checkpoint = path
+        self.model, self.config = load_model(path, self.device)
+        self.model.eval()
+        self.precision = precision
+        self.autocast_dtype = PRECISIONS[precision]
+        self.detections = detections and self.model.detectors is not None
+        self.score_threshold = score_threshold
+        self.mismatch = mismatch
+        self.max_side = max_side
+        if thermal_normalizer is None:
+            from .preprocess import ThermalNormalization, ThermalNormalizer
+
+            thermal_normalizer = ThermalNormalizer(ThermalNormalization(mode="percentile", ema=0.0))
+        self.thermal_normalizer = thermal_normalizer
+        if channels_last and self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        if warmup:
+            self.warmup(warmup)
+
+    @property
+    def cfg(self) -> Config:
+        return self.config
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.model.class_names)
+
+    # ---------------------------------------------------------------- input handling
+    def prepare(self, ir: np.ndarray, vis: np.ndarray, vis_order: str = "rgb"
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Validate and convert one pair to (IR uint8 H×W, visible RGB uint8 H×W×3) at the visible size."""
+        vis = np.asarray(vis)
+        ir = np.asarray(ir)
+        if vis.size == 0 or ir.size == 0:
+            raise ValueError(f"empty image (infrared {ir.shape}, visible {vis.shape})")
+        if vis.ndim == 3 and vis.shape[2] == 4:
+            vis = vis[:, :, :3]
+        if vis.ndim == 2:
+            vis = np.repeat(vis[:, :, None], 3, axis=2)
+        if vis.ndim != 3 or vis.shape[2] != 3:
+            raise ValueError(f"visible image must be H×W×3 or H×W, got shape {vis.shape}")
+        if vis.dtype == np.uint16:
+            vis = (vis.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        elif vis.dtype != np.uint8:
+            if not np.isfinite(vis).all():
+                raise ValueError("visible image contains NaN or inf")
+            vis = np.clip(np.asarray(vis, np.float32) * (255.0 if vis.max() <= 1.0 else 1.0) + 0.5, 0, 255
+                          ).astype(np.uint8)
+        if vis_order == "bgr":
+            vis = vis[:, :, ::-1]
+        elif vis_order != "rgb":
+            raise ValueError(f"vis_order must be 'rgb' or 'bgr', got {vis_order!r}")
+        vis = np.ascontiguousarray(vis)
+        if ir.ndim == 3 and ir.shape[2] in (1, 3, 4):
+            ir = ir[:, :, 0]
+        if ir.ndim != 2:
+            raise ValueError(f"infrared image must be H×W (or H×W×1/3), got shape {ir.shape}")
+        if ir.dtype != np.uint8:
+            if np.issubdtype(ir.dtype, np.floating) and not np.isfinite(ir).any():
+                raise ValueError("infrared image has no finite pixel (all NaN/inf)")
+            ir = self.thermal_normalizer(ir)
+        if ir.shape != vis.shape[:2]:
+            if self.mismatch == "error":
+                raise ValueError(f"size mismatch: infrared {ir.shape[1]}×{ir.shape[0]} vs visible "
+                                 f"{vis.shape[1]}×{vis.shape[0]} (mismatch='resize' resamples the infrared image)")
+            ir = cv2.resize(ir, (vis.shape[1], vis.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(ir), vis
+
+    def _scale(self, h: int, w: int) -> float:
+        if self.max_side is None or max(h, w) <= self.max_side:
+            return 1.0
+        return self.max_side / max(h, w)
+
+    def _tensors(self, irs: Sequence[np.ndarray], viss: Sequence[np.ndarray]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = viss[0].shape[:2]
+        s = self._scale(h, w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        ir_b, vis_b, rgb_b = [], [], []
+        for ir, vis in zip(irs, viss):
+            if s != 1.0:
+                ir = cv2.resize(ir, size, interpolation=cv2.INTER_AREA)
+                vis = cv2.resize(vis, size, interpolation=cv2.INTER_AREA)
+            ir_b.append(ir)
+            vis_b.append(rgb_to_luma(vis))
+            rgb_b.append(vis)
+        dev = self.device
+        ir_t = torch.from_numpy(np.stack(ir_b)[:, None]).to(dev).float().div_(255)
+        vis_t = torch.from_numpy(np.stack(vis_b)[:, None]).to(dev).float().div_(255)
+        rgb_t = torch.from_numpy(np.stack(rgb_b)).to(dev).permute(0, 3, 1, 2).float().div_(255)
+        return ir_t, vis_t, rgb_t
+
+    # ---------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def fuse_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, color: bool = False,
+                   detections: bool | None = None, vis_order: str = "rgb") -> list[FusionResult]:
+        """Fuse several pairs in one forward pass. All visible images must share one size."""
+        if not pairs:
+            return []
+        want_det = self.detections if detections is None else (detections and self.model.detectors is not None)
+        t0 = time.perf_counter()
+        prepared = [self.prepare(ir, vis, vis_order) for ir, vis in pairs]
+        sizes = {v.shape[:2] for _, v in prepared}
+        if len(sizes) != 1:
+            raise ValueError(f"fuse_batch needs pairs of one visible size, got {sorted(sizes)}; call fuse() per pair")
+        irs, viss = [p[0] for p in prepared], [p[1] for p in prepared]
+        ir_t, vis_t, rgb_t = self._tensors(irs, viss)
+        t1 = time.perf_counter()
+        use_amp = self.precision != "fp32"
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
+            out = self._forward(ir_t, vis_t, vis_rgb=rgb_t, need_detections=want_det)
+        fused = out.fused
+        h, w = viss[0].shape[:2]
+        if fused.shape[-2:] != (h, w):
+            fused = torch.nn.functional.interpolate(fused.float(), size=(h, w), mode="bilinear", align_corners=False)
+        fused_np = to_uint8(fused[:, 0])
+        gates = {k: g.gates.float().cpu().numpy() for k, g in out.gates.items()}
+        dets = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()}
+                for d in out.detections] if (want_det and out.detections is not None) else None
+        t2 = time.perf_counter()
+        scale_back = w / ir_t.shape[-1], h / ir_t.shape[-2]
+        results = []
+        for b in range(len(prepared)):
+            results.append(FusionResult(
+                fused=fused_np[b],
+                color=color_fusion(fused_np[b], viss[b]) if color else None,
+                detections=self._detections(dets[b], scale_back, (w, h)) if dets is not None else [],
+                gates={k: gates[k][b] for k in GATE_NAMES if k in gates},
+            ))
+        t3 = time.perf_counter()
+        n = len(prepared)
+        timings = {"preprocess": (t1 - t0) * 1e3 / n, "inference": (t2 - t1) * 1e3 / n,
+                   "postprocess": (t3 - t2) * 1e3 / n}
+        for r in results:
+            r.timings_ms = dict(timings, total=sum(timings.values()))
+        return results
+
+    def fuse(self, ir: np.ndarray, vis: np.ndarray, *, color: bool = False, detections: bool | None = None,
+             vis_order: str = "rgb") -> FusionResult:
+        """Fuse one infrared/visible pair."""
+        return self.fuse_batch([(ir, vis)], color=color, detections=detections, vis_order=vis_order)[0]
+
+    def _detections(self, d: dict[str, torch.Tensor], scale: tuple[float, float], size: tuple[int, int]
+                    ) -> list[Detection]:
+        names = self.class_names
+        out = []
+        w, h = size
+        for box, label, score in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()):
+            if score < self.score_threshold:
+                continue
+            x1, y1, x2, y2 = box
+            x1, x2 = min(max(x1 * scale[0], 0.0), w), min(max(x2 * scale[0], 0.0), w)
+            y1, y2 = min(max(y1 * scale[1], 0.0), h), min(max(y2 * scale[1], 0.0), h)
+            cid = int(label) - 1
+            out.append(Detection((x1, y1, x2, y2), cid, names[cid] if 0 <= cid < len(names) else str(cid),
+                                 float(score)))
+        return out
+
+    def warmup(self, iters: int = 3, size: tuple[int, int] = (480, 640)) -> float:
+        """Run ``iters`` passes on a blank pair (CUDA context, cuDNN autotune, allocator); returns seconds."""
+        t = time.perf_counter()
+        ir = np.zeros(size, np.uint8)
+        vis = np.zeros((*size, 3), np.uint8)
+        for _ in range(iters):
+            self.fuse(ir, vis)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t
