@@ -86,6 +86,9 @@ class LossConfig:
     pixel_weight: float = 1.0
     load_weight: float = 1.0  # multiplies the gates' own coefficients (0.01 / 0.01 / 0.02)
     det_weight: float = 1.0
+    # Pixel-loss target on frames without box annotations (spec §9.6; the authors' code never trains on them):
+    # "mean" treats the whole frame as background ((V+I)/2), "max" as foreground (max(V, I)).
+    unlabelled_target: str = "mean"
 
 
 @dataclass

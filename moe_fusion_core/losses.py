@@ -63,10 +63,20 @@ class FusionLosses:
 
 
 def fusion_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, boxes: Sequence[torch.Tensor],
-                load_loss: torch.Tensor, cfg: LossConfig) -> FusionLosses:
-    """L_fusion = w_pix·L_pixel + α·L_grad + w_load·L_load, computed in fp32."""
+                load_loss: torch.Tensor, cfg: LossConfig, labelled: Sequence[bool] | None = None) -> FusionLosses:
+    """L_fusion = w_pix·L_pixel + α·L_grad + w_load·L_load, computed in fp32.
+
+    ``labelled[b]`` False marks a frame without box annotations; its pixel target follows
+    ``cfg.unlabelled_target`` (whole frame background = mean, or foreground = max).
+    """
+    if cfg.unlabelled_target not in ("mean", "max"):
+        raise ValueError(f"loss.unlabelled_target must be 'mean' or 'max', got {cfg.unlabelled_target!r}")
     fused, vis, ir = fused.float(), vis.float(), ir.float()
     mask = box_mask(boxes, tuple(fused.shape[-2:]), fused.device)
+    if labelled is not None and cfg.unlabelled_target == "max":
+        for b, has_labels in enumerate(labelled):
+            if not has_labels:
+                mask[b] = 1
     lp = pixel_loss(fused, vis, ir, mask)
     lg = gradient_loss(fused, vis, ir)
     total = cfg.pixel_weight * lp + cfg.alpha * lg + cfg.load_weight * load_loss

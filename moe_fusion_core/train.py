@@ -176,7 +176,8 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             out = self.net(b["ir"], b["vis"], targets=targets if self.model.detectors is not None else None,
                            labelled=labelled, vis_rgb=b["vis_rgb"])
-        lf = fusion_loss(out.fused, b["vis"], b["ir"], b["boxes"], out.load_loss, self.cfg.loss)
+        lf = fusion_loss(out.fused, b["vis"], b["ir"], b["boxes"], out.load_loss, self.cfg.loss,
+                         labelled=labelled.tolist())
         loss_det = sum(out.det_losses.values()) if out.det_losses else torch.zeros((), device=self.device)
         loss = lf.total + self.cfg.loss.det_weight * loss_det
         self.optimizer.zero_grad(set_to_none=True)
