@@ -1,0 +1,273 @@
+"""``moe-fusion bench``: latency and throughput per stage, FLOPs, memory, and achieved fraction of peak.
+
+Stages are timed with forward hooks on the model's own modules (CUDA events on GPU, wall clock on CPU), so
+the benchmark measures exactly the code that serves requests:
+
+- ``preprocess`` / ``postprocess``: the engine's host-side conversion (numpy ↔ tensors, uint8, boxes);
+- ``backbones_attention``: both detector backbones + FPNs, the mixing conv and the attention modules;
+- ``encoders``, ``mole`` (fg + bg), ``moge``: the fusion head;
+- ``detection_heads``: RPN + RoI heads of both detectors (skipped in ``fused_only``);
+- ``end_to_end``: ``FusionEngine.fuse_batch`` with detections; ``fused_only``: without;
+- ``node_path``: the ROS-free node path at that size (decode messages, pair, build output messages), no model.
+
+FLOPs are counted with ``torch.utils.flop_counter`` on one forward pass (not estimated); the achieved fraction
+compares FLOPs/latency with the throughput of a large 3×3 convolution measured on the same device/precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STAGE_MODULES = {
+    "backbones_attention": ("detectors.backbone_vis", "detectors.backbone_ir", "detectors.mixing",
+                            "detectors.attention_vis", "detectors.attention_ir"),
+    "encoders": ("fusion.encoder_vis", "fusion.encoder_ir"),
+    "mole": ("fusion.mole_fg", "fusion.mole_bg", "fusion.local_fg", "fusion.local_bg"),
+    "moge": ("fusion.moge", "fusion.decoder"),
+    "detection_heads": ("detectors.head_vis", "detectors.head_ir"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="named config to benchmark with its initial weights "
+                   "(timing does not depend on the weights' values); default: the embedded model's checkpoint")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model folder (default: embedded model)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
+    p.add_argument("--sizes", default="640x480", help="comma-separated WxH list")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--iters", type=int, default=20, help="timed iterations per row")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    p.add_argument("--no-node-path", action="store_true", help="skip the ROS-free node path rows")
+    p.add_argument("--json", type=Path, default=None, help="write the rows as a JSON list")
+    p.add_argument("--pair-dir", type=Path, default=None,
+                   help="dataset folder with ir/ and vis/ whose first pair is timed (default ../shared/data/msrs)")
+
+
+class StageTimer:
+    """Forward hooks that accumulate time per stage over one call (CUDA events or wall clock)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.handles = []
+        self.records: dict[str, list[Any]] = defaultdict(list)
+        names = dict(model.named_modules())
+        for stage, mods in STAGE_MODULES.items():
+            for m in mods:
+                if m in names:
+                    self.handles.append(names[m].register_forward_pre_hook(self._pre(stage)))
+                    self.handles.append(names[m].register_forward_hook(self._post(stage)))
+        self._open: dict[str, Any] = {}
+
+    def _now(self) -> Any:
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def _pre(self, stage: str):
+        def hook(module, args):
+            self._open[stage] = self._now()
+        return hook
+
+    def _post(self, stage: str):
+        def hook(module, args, out):
+            self.records[stage].append((self._open.pop(stage), self._now()))
+        return hook
+
+    def collect(self) -> dict[str, float]:
+        """Milliseconds per stage since the last collect (synchronises CUDA once)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        out = {}
+        for stage, spans in self.records.items():
+            if self.cuda:
+                out[stage] = sum(a.elapsed_time(b) for a, b in spans)
+            else:
+                out[stage] = sum(b - a for a, b in spans) * 1e3
+        self.records = defaultdict(list)
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def peak_conv_tflops(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """Measured throughput of a large 3×3 convolution (the fusion head's dominant op), TFLOP/s."""
+    n, c, hw = (8, 128, 128) if device.type == "cuda" else (1, 64, 96)
+    x = torch.randn(n, c, hw, hw, device=device, dtype=dtype)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype)
+    flops = 2 * n * c * c * 9 * hw * hw
+    with torch.inference_mode():
+        for _ in range(2):
+            conv(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t, it = time.perf_counter(), 0
+        while time.perf_counter() - t < seconds:
+            conv(x)
+            it += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+    return flops * it / dt / 1e12
+
+
+def count_flops(engine, ir: np.ndarray, vis: np.ndarray, detections: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        engine.fuse(ir, vis, detections=detections)
+    return float(fc.get_total_flops())
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def real_pair(size: tuple[int, int], root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first real pair of ``root`` (default: ../shared/data/msrs beside the repo), resized to ``size``."""
+    import cv2
+
+    from .image_io import pair_by_stem, read_ir, read_vis
+
+    if root is None:
+        root = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs"
+    if not (root / "ir").is_dir():
+        raise FileNotFoundError(f"benchmark pair folder {root} not found (needs ir/ and vis/; use --pair-dir)")
+    _, (ir_path, vis_path) = pair_by_stem([root / "ir", root / "vis"]).pairs[0]
+    return cv2.resize(read_ir(ir_path), size), cv2.resize(read_vis(vis_path), size)
+
+
+def bench_model(engine, size: tuple[int, int], batch: int, iters: int, warmup: int, label: dict[str, Any],
+                pair_dir: Path | None = None) -> list[dict[str, Any]]:
+    ir, vis = real_pair(size, pair_dir)
+    pairs = [(ir, vis)] * batch
+    dev = engine.device
+    timer = StageTimer(engine.model, dev)
+    rows = []
+    peak = peak_conv_tflops(dev, torch.float32 if engine.precision == "fp32" else engine.autocast_dtype)
+    for mode, det in (("end_to_end", True), ("fused_only", False)):
+        if det and engine.model.detectors is None:
+            continue
+        for _ in range(warmup):
+            engine.fuse_batch(pairs, detections=det)
+        timer.collect()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        e2e, stages = [], defaultdict(list)
+        for _ in range(iters):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            res = engine.fuse_batch(pairs, detections=det)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            e2e.append((time.perf_counter() - t) * 1e3)
+            for k, v in timer.collect().items():
+                stages[k].append(v)
+            stages["preprocess"].append(res[0].timings_ms["preprocess"] * batch)
+            stages["postprocess"].append(res[0].timings_ms["postprocess"] * batch)
+        mem = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        flops = count_flops(engine, ir, vis, det)
+        p50 = _pct(e2e, 50)
+        rows.append({**label, "stage": mode, "p50_ms": p50, "p95_ms": _pct(e2e, 95),
+                     "pairs_per_s": batch * 1e3 / p50, "peak_mem_mb": mem, "gflops_per_pair": flops / 1e9,
+                     "achieved_fraction": (flops * batch / (p50 / 1e3)) / (peak * 1e12)})
+        if mode == "end_to_end" or engine.model.detectors is None:
+            for k, v in stages.items():
+                rows.append({**label, "stage": k, "p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95),
+                             "pairs_per_s": batch * 1e3 / _pct(v, 50) if _pct(v, 50) > 0 else float("inf")})
+    timer.remove()
+    return rows
+
+
+def bench_node_path(size: tuple[int, int], iters: int, pair_dir: Path | None = None) -> dict[str, Any] | None:
+    """Time the ROS-free node path (decode + normalise + pair + build messages) without the model."""
+    try:
+        from moe_fusion_ros.pipeline import node_path_benchmark
+    except ImportError:
+        return None
+    ir, vis = real_pair(size, pair_dir)
+    times = node_path_benchmark(ir, vis, iters)
+    return {"stage": "node_path", "p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95),
+            "pairs_per_s": 1e3 / _pct(times, 50)}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    cols = ["config", "device", "size", "batch", "precision", "stage", "p50_ms", "p95_ms", "pairs_per_s",
+            "gflops_per_pair", "achieved_fraction", "peak_mem_mb"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+        print("| " + " | ".join(cells) + " |")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engine import FusionEngine
+
+    sizes = []
+    for s in args.sizes.split(","):
+        w, h = s.lower().split("x")
+        sizes.append((int(w), int(h)))
+    batches = [int(b) for b in args.batch.split(",")]
+    precisions = args.precision.split(",")
+    ckpt = args.checkpoint
+    tmp_dir = None
+    if args.config is not None and ckpt is None:
+        import tempfile
+
+        from .checkpoint import save_model
+        from .config import load_config
+        from .model import build_model
+
+        cfg = load_config(args.config)
+        tmp_dir = tempfile.TemporaryDirectory()
+        ckpt = save_model(build_model(cfg.model), cfg, Path(tmp_dir.name) / "ckpt")
+    rows: list[dict[str, Any]] = []
+    for prec in precisions:
+        try:
+            engine = FusionEngine(ckpt, device=args.device, precision=prec, compile=args.compile,
+                                  score_threshold=0.05)
+        except ValueError as e:
+            print(f"skipping precision {prec}: {e}", file=sys.stderr)
+            continue
+        name = engine.config.model.name
+        dev = engine.device
+        dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu×{torch.get_num_threads()}"
+        for size in sizes:
+            for b in batches:
+                label = {"config": name, "device": dev_name, "size": f"{size[0]}x{size[1]}", "batch": b,
+                         "precision": prec}
+                rows += bench_model(engine, size, b, args.iters, args.warmup, label, args.pair_dir)
+    if not args.no_node_path:
+        for size in sizes:
+            r = bench_node_path(size, max(args.iters, 50), args.pair_dir)
+            if r is not None:
+                rows.append({"config": "-", "device": "cpu", "size": f"{size[0]}x{size[1]}", "batch": 1,
+                             "precision": "-", **r})
+    print_table(rows)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
+    if tmp_dir is not None:
+        tmp_dir.cleanup()
+    return 0
