@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -39,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (FileNotFoundError, ValueError) as e:  # user errors: one clear line (MOE_FUSION_DEBUG=1: traceback)
+        if os.environ.get("MOE_FUSION_DEBUG"):
+            raise
+        print(f"moe-fusion {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

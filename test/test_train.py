@@ -1,0 +1,132 @@
+"""Training: the fusion loss falls on real pairs, a killed run resumes exactly, torchrun works on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "moe_fusion_ros.cli"]
+
+
+def write_config(tmp_path: Path, **train) -> Path:
+    """A small embedded config for CPU tests: fusion head unchanged, 64×64 crops, no workers."""
+    cfg = {
+        "base": "embedded",
+        "model": {"class_names": ["person"]},
+        "loss": {"unlabelled_target": "max"},
+        "train": {"input_size": None, "crop": [64, 64], "batch_size": 2, "num_workers": 0, "lr": 1e-3,
+                  "keep_unlabelled": True, "checkpoint_every": 3, "log_every": 1, "val_fraction": 0.0,
+                  "seed": 3, **train},
+    }
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def train_cli(cfg: Path, data: list[Path], out: Path, *extra: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [*CLI, "train", "--config", str(cfg), "--data", *map(str, data), "--out", str(out), "--no-progress",
+           *extra]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kw)
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_cpu_run_on_real_pairs_lowers_fusion_loss(tmp_path, data_dir):
+    from moe_fusion_core.config import load_config
+    from moe_fusion_core.train import Trainer
+
+    cfg = load_config(write_config(tmp_path, steps=40, checkpoint_every=40, lr=2e-3))
+    torch.set_num_threads(2)
+    trainer = Trainer(cfg, [data_dir / "msrs"], tmp_path / "run", device="cpu", progress=False)
+    final = trainer.train()
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    for key in ("loss", "loss_pixel", "loss_grad", "loss_load", "loss_det", "load_mole_fg", "load_moge"):
+        assert key in rows[0]
+    first = sum(r["loss_pixel"] + 10 * r["loss_grad"] for r in rows[:5]) / 5
+    last = sum(r["loss_pixel"] + 10 * r["loss_grad"] for r in rows[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    assert (final / "model.safetensors").is_file() and (final / "config.yaml").is_file()
+
+
+def test_detection_losses_train_on_labelled_frames(tmp_path, data_dir):
+    from moe_fusion_core.config import load_config
+    from moe_fusion_core.train import Trainer
+
+    cfg = load_config(write_config(tmp_path, steps=2, crop=[128, 128], keep_unlabelled=False))
+    trainer = Trainer(cfg, [data_dir / "llvip_det"], tmp_path / "run", device="cpu", progress=False)
+    trainer.train()
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["loss_det"] > 0 for r in rows)
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir):
+    cfg = write_config(tmp_path, steps=12)
+    data = [data_dir / "msrs"]
+    ref = train_cli(cfg, data, tmp_path / "ref")
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+
+    run = tmp_path / "killed"
+    proc = train_cli(cfg, data, run, start_new_session=True)
+    latest = run / "latest"
+    deadline = time.time() + 300
+    while not latest.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.is_file(), "the run never wrote a checkpoint"
+    killed_at = int(latest.read_text().strip().split("_")[1])
+    assert killed_at < 12
+
+    resumed = train_cli(cfg, data, run, "--resume")
+    out = resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, out
+    a = load_file(str(tmp_path / "ref" / "final" / "model.safetensors"))
+    b = load_file(str(run / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == list(range(1, 13)), steps
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path, data_dir):
+    proc = train_cli(write_config(tmp_path, steps=2), [data_dir / "msrs"], tmp_path / "none", "--resume")
+    out = proc.stdout.read()
+    assert proc.wait(timeout=300) != 0
+    assert "no checkpoint" in out
+
+
+def test_torchrun_two_processes_on_cpu_gloo(tmp_path, data_dir):
+    cfg = write_config(tmp_path, steps=3, checkpoint_every=3)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "moe_fusion_ros.cli", "train", "--config", str(cfg), "--data", str(data_dir / "msrs"),
+           "--out", str(tmp_path / "ddp"), "--no-progress", "--device", "cpu"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "ddp")] == [1, 2, 3]
+    assert (tmp_path / "ddp" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("missing", ["nowhere"])
+def test_missing_data_folder_is_reported(tmp_path, missing):
+    proc = train_cli(write_config(tmp_path, steps=1), [tmp_path / missing], tmp_path / "r")
+    out = proc.stdout.read()
+    assert proc.wait(timeout=300) != 0
+    assert missing in out
