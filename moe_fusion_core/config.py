@@ -106,9 +106,11 @@ class TrainConfig:
     gamma: float = 0.1
     steps: int | None = None  # overrides the epoch schedule (milestones scale proportionally)
     input_size: tuple[int, int] | None = (480, 640)  # (H, W) resize (paper); None = native size
+    scale_range: tuple[float, float] | None = None  # random rescale factor before the crop (None: off)
     crop: tuple[int, int] | None = None  # (H, W) random crop after resizing (CPU schedules)
     hflip: float = 0.0  # probability of a horizontal flip (paper: none)
     keep_unlabelled: bool = False  # spec §9.6: train the fusion head on frames without boxes too
+    labelled_repeat: int = 1  # frames with boxes appear this many times per pass (when they are scarce)
     amp: bool = True  # autocast on CUDA (gates and combine stay fp32)
     checkpoint_every: int = 500
     log_every: int = 10

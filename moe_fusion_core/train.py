@@ -188,7 +188,7 @@ class Trainer:
         self.scaler.update()
         return {
             "loss": loss.item(), "loss_pixel": lf.pixel.item(), "loss_grad": lf.grad.item(),
-            "loss_load": lf.load.item(), "loss_det": float(loss_det),
+            "loss_load": lf.load.item(), "loss_det": float(loss_det.detach()),
             "grad_norm": float(grad_norm),
             **{f"load_{k}": g.load.detach().cpu().tolist() for k, g in out.gates.items()},
             **{f"gates_{k}": g.importance.detach().cpu().tolist() for k, g in out.gates.items()},

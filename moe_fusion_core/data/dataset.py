@@ -1,0 +1,149 @@
+"""The paired training dataset, its collate function, and ``build_datasets`` used by the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import Config, TrainConfig
+from ..image_io import read_ir, read_vis, rgb_to_luma
+from .readers import SCENE_BLOCK, read_dataset
+from .records import PairRecord
+from .split import split_by_scene
+from .transforms import clip_boxes, hflip, random_crop, resize_pair
+
+
+def ir_to_unit(ir: np.ndarray) -> np.ndarray:
+    """Infrared as float32 in [0, 1]: 8-bit divided by 255, deeper images min-max stretched per frame."""
+    if ir.dtype == np.uint8:
+        return ir.astype(np.float32) / 255.0
+    x = ir.astype(np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+class PairDataset(Dataset):
+    """Registered infrared/visible pairs with boxes, transformed for training or evaluation.
+
+    Each item is a dict: ``ir`` and ``vis`` (1×H×W float in [0, 1], visible as BT.601 luma), ``vis_rgb``
+    (3×H×W), ``boxes`` (N×4 float, ``x1 y1 x2 y2`` pixels of the returned image), ``labels`` (N, 0-based),
+    ``labelled`` (bool) and ``stem`` (``<dataset>/<stem>``). With ``train=True`` the random crop and flip of
+    ``cfg`` are applied; their randomness depends only on (seed, epoch, index), so a resumed run and any number
+    of loader workers see the same samples.
+    """
+
+    def __init__(self, records: list[PairRecord], cfg: TrainConfig, train: bool = True) -> None:
+        self.records = records
+        self.cfg = cfg
+        self.train = train
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load(self, rec: PairRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Images and boxes at native resolution (IR resized to the visible size if they differ)."""
+        ir = read_ir(rec.ir)
+        vis = read_vis(rec.vis)
+        if vis.dtype != np.uint8:
+            vis = (vis / 257).astype(np.uint8)
+        h, w = vis.shape[:2]
+        if ir.shape[:2] != (h, w):
+            import cv2
+
+            ir = cv2.resize(ir, (w, h), interpolation=cv2.INTER_LINEAR)
+        boxes = rec.boxes.astype(np.float32)
+        if rec.boxes_normalized:
+            boxes = boxes * np.array([w, h, w, h], np.float32)
+        return ir, vis, boxes, rec.labels.copy()
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        ir, vis, boxes, labels = self.load(rec)
+        ir = ir_to_unit(ir)
+        if self.cfg.input_size is not None:
+            ir, vis, boxes = resize_pair(ir, vis, boxes, tuple(self.cfg.input_size))
+        if self.train:
+            rng = np.random.default_rng([self.cfg.seed, self.epoch, index])
+            if self.cfg.scale_range is not None:
+                lo, hi = self.cfg.scale_range
+                f = float(rng.uniform(lo, hi))
+                h0, w0 = ir.shape[:2]
+                ir, vis, boxes = resize_pair(ir, vis, boxes, (max(1, round(h0 * f)), max(1, round(w0 * f))))
+            if self.cfg.crop is not None:
+                ir, vis, boxes, labels = random_crop(ir, vis, boxes, labels, tuple(self.cfg.crop), rng)
+            if self.cfg.hflip > 0 and rng.random() < self.cfg.hflip:
+                ir, vis, boxes = hflip(ir, vis, boxes)
+        h, w = ir.shape[:2]
+        boxes, labels = clip_boxes(boxes, labels, h, w)
+        rgb = torch.from_numpy(np.ascontiguousarray(vis)).permute(2, 0, 1).float() / 255.0
+        luma = torch.from_numpy(rgb_to_luma(vis)).float()[None] / 255.0
+        return {
+            "ir": torch.from_numpy(np.ascontiguousarray(ir, dtype=np.float32))[None],
+            "vis": luma,
+            "vis_rgb": rgb,
+            "boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(labels.astype(np.int64)),
+            "labelled": bool(rec.labelled),
+            "stem": rec.key,
+        }
+
+
+def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a batch; every item must have the same size (set ``train.input_size`` or ``train.crop``)."""
+    sizes = {tuple(it["ir"].shape[-2:]) for it in items}
+    if len(sizes) > 1:
+        raise ValueError(f"a batch mixes image sizes {sorted(sizes)}: set train.input_size or train.crop, "
+                         "or use batch size 1")
+    return {
+        "ir": torch.stack([it["ir"] for it in items]),
+        "vis": torch.stack([it["vis"] for it in items]),
+        "vis_rgb": torch.stack([it["vis_rgb"] for it in items]),
+        "boxes": [it["boxes"] for it in items],
+        "labels": [it["labels"] for it in items],
+        "labelled": [it["labelled"] for it in items],
+        "stem": [it["stem"] for it in items],
+    }
+
+
+def build_datasets(data_dirs: list[str | Path], cfg: Config
+                   ) -> tuple[PairDataset, PairDataset, list[str], dict[str, Any]]:
+    """Read every dataset root, split by scene, filter the training frames; returns what the trainer needs.
+
+    Training keeps only frames with at least one box (the paper's recipe) unless ``train.keep_unlabelled``.
+    Returns (train set, validation set, class names, a JSON-able description of the split).
+    """
+    class_names = list(cfg.model.class_names)
+    records: list[PairRecord] = []
+    info: dict[str, Any] = {"datasets": {}, "val_fraction": cfg.train.val_fraction, "scene_block": SCENE_BLOCK}
+    seen: set[str] = set()
+    for arg in data_dirs:
+        recs, layout = read_dataset(arg, class_names)
+        name = recs[0].dataset
+        if name in seen:
+            raise ValueError(f"two --data folders share the name '{name}': rename one (keys are <folder>/<stem>)")
+        seen.add(name)
+        records.extend(recs)
+        info["datasets"][name] = {"root": str(arg), "layout": layout, "pairs": len(recs),
+                                  "labelled": sum(r.labelled for r in recs),
+                                  "boxes": int(sum(len(r.boxes) for r in recs))}
+    train, val = split_by_scene(records, cfg.train.val_fraction, cfg.train.seed)
+    if not cfg.train.keep_unlabelled:
+        dropped = [r.key for r in train if not r.has_boxes]
+        train = [r for r in train if r.has_boxes]
+    else:
+        dropped = []
+    if cfg.train.labelled_repeat < 1:
+        raise ValueError(f"train.labelled_repeat must be >= 1, got {cfg.train.labelled_repeat}")
+    train = train + [r for r in train if r.has_boxes] * (cfg.train.labelled_repeat - 1)
+    info["train"] = [r.key for r in train]
+    info["val"] = [r.key for r in val]
+    info["dropped_without_boxes"] = dropped
+    return PairDataset(train, cfg.train, train=True), PairDataset(val, cfg.train, train=False), class_names, info

@@ -1,0 +1,237 @@
+"""Datasets: every supported layout reads pairs and boxes right; transforms keep modalities and boxes aligned."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from moe_fusion_core.config import load_config
+from moe_fusion_core.data import (
+    DatasetError,
+    PairDataset,
+    build_datasets,
+    collate_pairs,
+    detect_layout,
+    read_dataset,
+    split_by_scene,
+)
+from moe_fusion_core.data.transforms import hflip, random_crop, resize_pair
+from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
+
+
+def voc_xml(objects: list[tuple[str, int, int, int, int, int]], w: int = 640, h: int = 480) -> str:
+    objs = "".join(
+        f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
+        f"<xmax>{c}</xmax><ymax>{e}</ymax></bndbox></object>" for n, a, b, c, e, d in objects)
+    return f"<annotation><size><width>{w}</width><height>{h}</height></size>{objs}</annotation>"
+
+
+def test_shared_layout_reads_yolo_boxes_in_pixels(data_dir):
+    cfg = load_config("embedded")
+    cfg.model.class_names = ["person"]
+    recs, layout = read_dataset(data_dir / "llvip_det", cfg.model.class_names)
+    assert layout == "pairs"
+    assert len(recs) == 11 and all(r.labelled for r in recs)
+    assert sum(len(r.boxes) for r in recs) == 53
+    rec = next(r for r in recs if r.stem == "010002")
+    first = (data_dir / "llvip_det" / "labels" / "010002.txt").read_text().split("\n")[0].split()
+    cx, cy, w, h = map(float, first[1:])
+    cfg.train.input_size = None
+    item = PairDataset([rec], cfg.train, train=False)[0]
+    expect = [(cx - w / 2) * 640, (cy - h / 2) * 512, (cx + w / 2) * 640, (cy + h / 2) * 512]
+    assert item["boxes"][0].tolist() == pytest.approx(expect, abs=1e-3)
+    assert item["ir"].shape == (1, 512, 640) and item["vis_rgb"].shape == (3, 512, 640)
+    assert float(item["ir"].min()) >= 0.0 and float(item["ir"].max()) <= 1.0
+
+
+def test_unlabelled_frames_are_told_apart_from_empty_ones(data_dir, tmp_path):
+    root = tmp_path / "mini"
+    shutil.copytree(data_dir / "llvip_det", root)
+    (root / "labels" / "010002.txt").unlink()  # no file: unlabelled
+    (root / "labels" / "010003.txt").write_text("")  # empty file: labelled, no objects
+    recs, _ = read_dataset(root, ["person"])
+    by = {r.stem: r for r in recs}
+    assert not by["010002"].labelled
+    assert by["010003"].labelled and len(by["010003"].boxes) == 0
+
+
+def _m3fd_root(data_dir: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "M3FD"
+    (root / "Ir").mkdir(parents=True)
+    (root / "Vis").mkdir()
+    (root / "Annotation").mkdir()
+    for i, stem in enumerate(("00001", "00002")):
+        shutil.copy(data_dir / "m3fd" / "ir" / "M3FD_00471.png", root / "Ir" / f"{stem}.png")
+        shutil.copy(data_dir / "m3fd" / "vis" / "M3FD_00471.png", root / "Vis" / f"{stem}.png")
+        (root / "Annotation" / f"{stem}.xml").write_text(
+            voc_xml([("People", 11 + i, 21, 60, 120, 0), ("Car", 100, 100, 200, 180, 1)]))
+    (root / "train.txt").write_text("00001\n")
+    (root / "test.txt").write_text("00002\n")
+    return root
+
+
+def test_m3fd_voc_boxes_are_zero_based_and_difficult_objects_dropped(data_dir, tmp_path):
+    root = _m3fd_root(data_dir, tmp_path)
+    assert detect_layout(root) == "m3fd"
+    classes = load_config("paper").model.class_names
+    recs, _ = read_dataset(root, classes)
+    assert [r.stem for r in recs] == ["00001", "00002"]
+    assert recs[0].boxes.tolist() == [[10.0, 20.0, 59.0, 119.0]]  # 1-based inclusive -> 0-based
+    assert recs[0].labels.tolist() == [classes.index("People")]
+    train, _ = read_dataset(f"{root}@train", classes)
+    assert [r.stem for r in train] == ["00001"]
+
+
+def test_class_outside_the_model_is_a_clear_error(data_dir, tmp_path):
+    root = _m3fd_root(data_dir, tmp_path)
+    with pytest.raises(DatasetError, match="'People' is not among the model's classes"):
+        read_dataset(root, ["person"])
+
+
+def test_llvip_layout_uses_scene_digits_and_official_subsets(data_dir, tmp_path):
+    root = tmp_path / "LLVIP"
+    for sub, stems in (("train", ["010002", "020003"]), ("test", ["190004"])):
+        (root / "infrared" / sub).mkdir(parents=True)
+        (root / "visible" / sub).mkdir(parents=True)
+        for s in stems:
+            shutil.copy(data_dir / "llvip_det" / "ir" / "010002.png", root / "infrared" / sub / f"{s}.png")
+            shutil.copy(data_dir / "llvip_det" / "vis" / "010002.png", root / "visible" / sub / f"{s}.png")
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "010002.xml").write_text(voc_xml([("person", 1, 1, 50, 90, 0)], 1280, 1024))
+    assert detect_layout(root) == "llvip"
+    recs, _ = read_dataset(root, ["person"])
+    assert {r.stem: r.scene for r in recs} == {"010002": "01", "020003": "02", "190004": "19"}
+    assert [r.stem for r in recs if r.labelled] == ["010002"]
+    test, _ = read_dataset(f"{root}@test", ["person"])
+    assert [r.stem for r in test] == ["190004"]
+
+
+def test_flir_aligned_layout_pairs_thermal_preview_with_rgb(data_dir, tmp_path):
+    root = tmp_path / "FLIR_aligned"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    for fid in ("FLIR_08865", "FLIR_08866", "FLIR_09000"):
+        shutil.copy(data_dir / "roadscene" / "ir" / "FLIR_00006.png", root / "JPEGImages" / f"{fid}_PreviewData.jpeg")
+        if fid != "FLIR_09000":  # no RGB partner: not a pair
+            shutil.copy(data_dir / "roadscene" / "vis" / "FLIR_00006.jpg", root / "JPEGImages" / f"{fid}_RGB.jpg")
+    (root / "Annotations" / "FLIR_08865_PreviewData.xml").write_text(voc_xml([("car", 5, 5, 40, 30, 0)]))
+    (root / "align_train.txt").write_text("FLIR_08865_PreviewData\n")
+    assert detect_layout(root) == "flir_aligned"
+    recs, _ = read_dataset(root, ["person", "car", "bicycle"])
+    assert [r.stem for r in recs] == ["FLIR_08865", "FLIR_08866"]
+    assert recs[0].labels.tolist() == [1]
+    sub, _ = read_dataset(f"{root}@train", ["person", "car", "bicycle"])
+    assert [r.stem for r in sub] == ["FLIR_08865"]
+
+
+def test_msrs_layout_reads_train_and_test_folders_with_day_night(data_dir, tmp_path):
+    root = tmp_path / "MSRS"
+    for sub, stem in (("train", "00004N"), ("test", "00010D")):
+        (root / sub / "ir").mkdir(parents=True)
+        (root / sub / "vi").mkdir(parents=True)
+        shutil.copy(data_dir / "msrs" / "ir" / "00004N.png", root / sub / "ir" / f"{stem}.png")
+        shutil.copy(data_dir / "msrs" / "vis" / "00004N.png", root / sub / "vi" / f"{stem}.png")
+    assert detect_layout(root) == "msrs"
+    recs, _ = read_dataset(root, ["person"])
+    assert {r.stem: r.light for r in recs} == {"00004N": "night", "00010D": "day"}
+    assert [r.stem for r in read_dataset(f"{root}@test", ["person"])[0]] == ["00010D"]
+
+
+def test_unknown_or_missing_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(DatasetError, match="unknown dataset layout"):
+        detect_layout(tmp_path / "junk")
+    with pytest.raises(DatasetError, match="not found"):
+        detect_layout(tmp_path / "nothing")
+
+
+def _marked_pair(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A real visible frame, and an IR image that is its luma with the box region set to 255."""
+    vis = read_vis(data_dir / "llvip_det" / "vis" / "010002.png")
+    ir = rgb_to_luma(vis).copy()
+    ir[ir == 255] = 254
+    box = np.array([[200.0, 100.0, 300.0, 260.0]], np.float32)
+    ir[100:260, 200:300] = 255
+    return ir, vis, box, np.array([0])
+
+
+def test_crop_and_flip_move_both_modalities_and_boxes_together(data_dir):
+    ir, vis, box, lab = _marked_pair(data_dir)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ci, cv, cb, _ = random_crop(ir, vis, box, lab, (256, 256), rng)
+        luma = rgb_to_luma(cv)
+        outside = ci != 255
+        assert np.array_equal(ci[outside], luma[outside])  # same window in both modalities
+        if len(cb):
+            x1, y1, x2, y2 = cb[0].round().astype(int)
+            assert (ci[y1:y2, x1:x2] == 255).all()
+            assert (ci == 255).sum() == (y2 - y1) * (x2 - x1)
+        fi, fv, fb = hflip(ci, cv, cb)
+        assert np.array_equal(fi[:, ::-1], ci) and np.array_equal(fv[:, ::-1], cv)
+        if len(fb):
+            x1, y1, x2, y2 = fb[0].round().astype(int)
+            assert (fi[y1:y2, x1:x2] == 255).all()
+
+
+def test_resize_scales_boxes_with_the_image(data_dir):
+    ir, vis, box, _ = _marked_pair(data_dir)
+    ri, rv, rb = resize_pair(ir, vis, box, (256, 320))
+    assert ri.shape == (256, 320) and rv.shape == (256, 320, 3)
+    assert rb[0].tolist() == pytest.approx([100.0, 50.0, 150.0, 130.0])
+
+
+def test_split_never_puts_one_scene_on_both_sides(data_dir):
+    recs, _ = read_dataset(data_dir / "roadscene", ["person"])
+    train, val = split_by_scene(recs, 0.2, seed=1)
+    assert len(train) + len(val) == len(recs)
+    assert {r.scene for r in train}.isdisjoint({r.scene for r in val})
+    assert 0.1 * len(recs) <= len(val) <= 0.45 * len(recs)
+    again, _ = split_by_scene(list(reversed(recs)), 0.2, seed=1)
+    assert sorted(r.key for r in again) == sorted(r.key for r in train)
+    single, _ = read_dataset(data_dir / "llvip_det", ["person"])  # one scene: stays in training
+    assert split_by_scene(single, 0.2, seed=1)[1] == []
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(data_dir):
+    cfg = load_config("embedded")
+    cfg.model.class_names = ["person"]
+    cfg.train.input_size, cfg.train.crop, cfg.train.hflip, cfg.train.scale_range = None, (96, 96), 0.5, (0.5, 1.0)
+    recs, _ = read_dataset(data_dir / "llvip_det", ["person"])
+    a, b = PairDataset(recs, cfg.train), PairDataset(recs, cfg.train)
+    assert torch.equal(a[3]["ir"], b[3]["ir"])
+    b.set_epoch(1)
+    assert not torch.equal(a[3]["ir"], b[3]["ir"])
+    assert a[3]["ir"].shape == (1, 96, 96)
+
+
+def test_build_datasets_drops_frames_without_boxes_unless_asked(data_dir, tmp_path):
+    cfg = load_config("embedded")
+    cfg.model.class_names = ["person"]
+    cfg.train.val_fraction = 0.0
+    train, _, names, info = build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
+    assert names == ["person"] and len(train) == 11
+    assert len(info["dropped_without_boxes"]) == 42
+    cfg.train.keep_unlabelled, cfg.train.labelled_repeat = True, 3
+    train, _, _, info = build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
+    assert len(train) == 42 + 3 * 11
+    with pytest.raises(ValueError, match="share the name"):
+        build_datasets([data_dir / "tno", data_dir / "tno"], cfg)
+
+
+def test_collate_refuses_mixed_sizes_with_a_hint(data_dir):
+    cfg = load_config("embedded")
+    cfg.train.input_size = None
+    recs, _ = read_dataset(data_dir / "roadscene", ["person"])
+    ds = PairDataset(recs[:2], cfg.train, train=False)
+    assert ds[0]["ir"].shape != ds[1]["ir"].shape
+    with pytest.raises(ValueError, match=r"train\.input_size or train\.crop"):
+        collate_pairs([ds[0], ds[1]])
+    cfg.train.input_size = (64, 96)
+    batch = collate_pairs([ds[0], ds[1]])
+    assert batch["ir"].shape == (2, 1, 64, 96) and batch["vis_rgb"].shape == (2, 3, 64, 96)
+    assert read_ir(recs[0].ir).dtype == np.uint8
