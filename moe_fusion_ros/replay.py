@@ -1,0 +1,326 @@
+"""``moe-fusion replay BAG --out OUT_BAG``: run a rosbag2 through the node's fusion pipeline, without ROS.
+
+Reads the thermal and RGB ``sensor_msgs/Image`` topics of a rosbag2 (sqlite3 or mcap) in arrival order, pairs
+them with the optimal approximate-time synchroniser (:mod:`moe_fusion_ros.sync`), fuses every pair with the
+same :class:`~moe_fusion_ros.pipeline.FusionPipeline` the node uses, and writes an output rosbag2 (same storage
+as the input unless ``--storage``) with
+
+- ``/fused/image`` (``sensor_msgs/msg/Image``, mono8; rgb8 with ``--color``),
+- ``/fused/detections`` (``vision_msgs/msg/Detection2DArray``),
+- ``/fused/gates`` (``std_msgs/msg/Float32MultiArray``, with ``--gates``),
+
+each stamped with the pair's RGB header (stamp and frame_id). The bag time of an output message is the bag
+time of the input message whose arrival made its pair final (deterministic; what a live node could at best do).
+
+``--report`` writes JSON: messages read per topic, the pairs (stamps, Δt), unpaired messages and why, frames that
+failed and why, per-stage latency p50/p95, throughput, and the eight fusion metrics (mean over pairs).
+
+Exit codes: 0 every message paired or legitimately left unpaired (no partner within slop / superseded by a closer
+partner) and every pair fused; 1 some frames failed, messages were unreadable, or messages were dropped for
+an input error (out-of-order / duplicate stamp, queue overflow); 2 unusable input (no such bag, unreadable or
+truncated bag, missing topic, wrong message type) or an output bag that exists without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from moe_fusion_core.preprocess import MODES, ThermalNormalization
+
+from .pipeline import FusionPipeline, percentile
+from .sync import RGB, THERMAL, PairSynchronizer
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+OUT_IMAGE, OUT_DETECTIONS, OUT_GATES = "/fused/image", "/fused/detections", "/fused/gates"
+EXPECTED_UNPAIRED = {"no_partner_within_slop", "superseded"}
+
+
+class InputError(Exception):
+    """The input bag or topics cannot be used (exit code 2)."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bag", type=Path, help="input rosbag2 folder (sqlite3 or mcap)")
+    p.add_argument("--out", required=True, type=Path, help="output rosbag2 folder (must not exist)")
+    p.add_argument("--report", type=Path, default=None, help="write a JSON report here")
+    p.add_argument("--thermal-topic", default="/thermal/image_raw")
+    p.add_argument("--rgb-topic", default="/camera/image_raw")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model folder (default: embedded model)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--slop", type=float, default=0.02, help="max |stamp difference| of a pair, seconds")
+    p.add_argument("--queue-size", type=int, default=5, help="undecided messages kept per topic")
+    p.add_argument("--thermal-offset", type=float, default=0.0, help="seconds added to thermal stamps")
+    p.add_argument("--thermal-norm", choices=MODES, default="percentile", help="16-bit thermal window")
+    p.add_argument("--score-threshold", type=float, default=0.3, help="minimum detection score")
+    p.add_argument("--color", action="store_true", help="publish rgb8 colour fused images")
+    p.add_argument("--gates", action="store_true", help="also write /fused/gates")
+    p.add_argument("--storage", choices=["same", "mcap", "sqlite3"], default="same", help="output storage")
+    p.add_argument("--distro", choices=["jazzy", "humble"], default="jazzy", help="message definitions to write")
+    p.add_argument("--metrics-mode", choices=["paper", "standard"], default="paper", help="fusion metrics mode")
+    p.add_argument("--no-metrics", action="store_true", help="skip the fusion metrics")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-pairs", type=int, default=None, help="stop after fusing this many pairs")
+
+
+def _open_reader(bag: Path) -> Any:
+    from rosbags.rosbag2 import Reader
+
+    if not bag.exists():
+        raise InputError(f"{bag}: no such bag")
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except Exception as e:  # rosbags raises several types for unreadable/truncated bags
+        raise InputError(f"{bag}: cannot read bag ({type(e).__name__}: {e})") from e
+    return reader
+
+
+def _connections(reader: Any, topic: str) -> list[Any]:
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        images = sorted({c.topic for c in reader.connections if c.msgtype == IMAGE_TYPE})
+        raise InputError(f"topic {topic!r} not in bag; image topics present: {', '.join(images) or 'none'}")
+    bad = {c.msgtype for c in conns if c.msgtype != IMAGE_TYPE}
+    if bad:
+        raise InputError(f"topic {topic!r} has type {', '.join(sorted(bad))}, expected {IMAGE_TYPE}")
+    return conns
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not overwrite:
+            raise InputError(f"{out} exists; pass --overwrite to replace it")
+        if out.is_dir() and (not any(out.iterdir()) or (out / "metadata.yaml").is_file()):
+            shutil.rmtree(out)
+        else:
+            raise InputError(f"{out} exists and is not a rosbag2 folder; refusing to delete it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _storage_plugin(reader: Any, choice: str) -> Any:
+    from rosbags.rosbag2 import StoragePlugin
+
+    if choice == "same":
+        files = [Path(f) for f in getattr(reader, "paths", [])] or list(Path(reader.path).iterdir())
+        choice = "mcap" if any(f.suffix == ".mcap" for f in files) else "sqlite3"
+    return StoragePlugin.MCAP if choice == "mcap" else StoragePlugin.SQLITE3
+
+
+class _Metrics:
+    """Mean of ``moe_fusion_core.metrics.fusion.score_all`` over the pairs, or the reason it is unavailable.
+
+    NaN scores (e.g. SCD when the fused image equals a source) are left out of the mean and counted."""
+
+    def __init__(self, mode: str, enabled: bool) -> None:
+        self.mode = mode
+        self.values: dict[str, list[float]] = {}
+        self.n = 0
+        self.error: str | None = None if enabled else "disabled (--no-metrics)"
+        self.score_all = None
+        if enabled:
+            try:
+                from moe_fusion_core.metrics.fusion import score_all
+
+                self.score_all = score_all
+            except ImportError as e:
+                self.error = f"moe_fusion_core.metrics.fusion unavailable ({e})"
+
+    def add(self, fused: Any, ir: Any, vis: Any) -> None:
+        if self.score_all is None or self.error is not None:
+            return
+        try:
+            scores = self.score_all(fused, ir, vis, self.mode)
+        except Exception as e:  # a metrics bug must not lose the replay
+            self.error = f"score_all failed: {type(e).__name__}: {e}"
+            return
+        for k, v in dict(scores).items():
+            self.values.setdefault(k, []).append(float(v))
+        self.n += 1
+
+    def result(self) -> tuple[dict[str, Any] | None, str | None]:
+        import math
+
+        if self.error is not None:
+            return None, self.error
+        if self.n == 0:
+            return None, "no pair was fused"
+        mean, nans = {}, {}
+        for k, vals in self.values.items():
+            finite = [v for v in vals if math.isfinite(v)]
+            mean[k] = sum(finite) / len(finite) if finite else None
+            nans[k] = len(vals) - len(finite)
+        return {"mode": self.mode, "pairs": self.n, "mean": mean, "nan_count": nans}, None
+
+
+def _metric_inputs(fused: Any, ir: Any, vis: Any) -> tuple[Any, Any, Any]:
+    """(fused, thermal, visible grey) at one size, as the metrics expect."""
+    import cv2
+
+    from moe_fusion_core.image_io import rgb_to_luma
+
+    if ir.shape != fused.shape:
+        ir = cv2.resize(ir, (fused.shape[1], fused.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return fused, ir, rgb_to_luma(vis)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except InputError as e:
+        print(f"moe-fusion replay: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rosbags.rosbag2 import Writer
+
+    from moe_fusion_core.engine import FusionEngine
+
+    from .msg_defs import build, typestore_for
+
+    if args.max_pairs is not None and args.max_pairs < 1:
+        raise InputError(f"--max-pairs must be >= 1, got {args.max_pairs}")
+    if args.thermal_topic == args.rgb_topic:
+        raise InputError("--thermal-topic and --rgb-topic must differ")
+    try:  # bad sync settings fail before anything is read or written
+        PairSynchronizer(args.slop, args.queue_size, args.thermal_offset)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    reader = _open_reader(args.bag)
+    try:
+        th_conns = _connections(reader, args.thermal_topic)
+        rgb_conns = _connections(reader, args.rgb_topic)
+        _prepare_out(args.out, args.overwrite)
+        engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
+                              score_threshold=args.score_threshold)
+        pipe = FusionPipeline(engine, slop=args.slop, queue_size=args.queue_size,
+                              thermal_offset=args.thermal_offset, color=args.color,
+                              normalization=ThermalNormalization(mode=args.thermal_norm))
+        ts = typestore_for(args.distro)
+        in_ts = typestore_for("jazzy")  # sensor_msgs/Image is identical in every ROS 2 distro
+        stream_of = {c.id: THERMAL for c in th_conns} | {c.id: RGB for c in rgb_conns}
+        total = sum(c.msgcount for c in th_conns + rgb_conns)
+        counts = {args.thermal_topic: 0, args.rgb_topic: 0}
+        read_errors: list[dict[str, Any]] = []
+        pair_log: list[dict[str, Any]] = []
+        metrics = _Metrics(args.metrics_mode, not args.no_metrics)
+        written = 0
+        stopped_early = False
+        t_start = time.perf_counter()
+        writer = Writer(args.out, version=9, storage_plugin=_storage_plugin(reader, args.storage))
+        with writer:
+            c_img = writer.add_connection(OUT_IMAGE, IMAGE_TYPE, typestore=ts)
+            c_det = writer.add_connection(OUT_DETECTIONS, "vision_msgs/msg/Detection2DArray", typestore=ts)
+            c_gates = writer.add_connection(OUT_GATES, "std_msgs/msg/Float32MultiArray", typestore=ts) \
+                if args.gates else None
+
+            def handle(pairs: list, log_time: int) -> bool:
+                nonlocal written
+                for p in pairs:
+                    out = pipe.process(p.thermal, p.rgb)
+                    entry = {"thermal_stamp_ns": p.thermal_stamp_ns, "rgb_stamp_ns": p.rgb_stamp_ns,
+                             "dt_ms": round(p.dt_ns / 1e6, 3), "fused": out is not None}
+                    pair_log.append(entry)
+                    if out is None:
+                        continue
+                    writer.write(c_img, log_time, ts.serialize_cdr(build(ts, IMAGE_TYPE, out.image), IMAGE_TYPE))
+                    det_type = "vision_msgs/msg/Detection2DArray"
+                    writer.write(c_det, log_time, ts.serialize_cdr(build(ts, det_type, out.detections), det_type))
+                    if c_gates is not None:
+                        gtype = "std_msgs/msg/Float32MultiArray"
+                        writer.write(c_gates, log_time, ts.serialize_cdr(build(ts, gtype, out.gates), gtype))
+                    written += 1
+                    if metrics.error is None and pipe.last_arrays is not None:
+                        metrics.add(*_metric_inputs(*pipe.last_arrays))
+                    if args.max_pairs is not None and written >= args.max_pairs:
+                        return False
+                return True
+
+            bar = None
+            if not args.no_progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, desc="replay", unit="msg", file=sys.stderr)
+            last_time = 0
+            try:
+                for conn, log_time, raw in reader.messages(connections=th_conns + rgb_conns):
+                    last_time = log_time
+                    counts[conn.topic] += 1
+                    if bar is not None:
+                        bar.update(1)
+                    try:
+                        msg = in_ts.deserialize_cdr(raw, conn.msgtype)
+                    except Exception as e:  # a corrupt message is counted and skipped
+                        read_errors.append({"topic": conn.topic, "log_time_ns": log_time,
+                                            "reason": f"undecodable message: {type(e).__name__}: {e}"})
+                        continue
+                    if not handle(pipe.add(stream_of[conn.id], msg), log_time):
+                        stopped_early = True
+                        break
+            except InputError:
+                raise
+            except Exception as e:  # a bag that breaks mid-way: keep what was read
+                read_errors.append({"topic": None, "log_time_ns": last_time,
+                                    "reason": f"bag read failed: {type(e).__name__}: {e}"})
+            if not stopped_early:
+                handle(pipe.flush(), last_time)
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - t_start
+    finally:
+        reader.close()
+
+    metric_values, metric_reason = metrics.result()
+    unpaired_by_reason = dict(pipe.unpaired_counts)
+    input_errors = sum(v for k, v in unpaired_by_reason.items() if k not in EXPECTED_UNPAIRED)
+    fused_ms = pipe.timings.get("total", [])
+    report = {
+        "bag": str(args.bag),
+        "out": str(args.out),
+        "topics": {"thermal": args.thermal_topic, "rgb": args.rgb_topic},
+        "messages_read": counts,
+        "pairs": len(pair_log),
+        "fused": written,
+        "stopped_early": stopped_early,
+        "pair_list": pair_log,
+        "unpaired": {"count": sum(unpaired_by_reason.values()), "by_reason": unpaired_by_reason,
+                     "messages": [{"stream": u.stream, "stamp_ns": u.stamp_ns, "reason": u.reason}
+                                  for u in pipe.unpaired]},
+        "failed": [{"thermal_stamp_ns": f.thermal_stamp_ns, "rgb_stamp_ns": f.rgb_stamp_ns, "reason": f.reason}
+                   for f in pipe.failures],
+        "read_errors": read_errors,
+        "resized_thermal": pipe.resized,
+        "latency_ms": pipe.latency_summary(),
+        "throughput": {"pairs_per_s": written / elapsed if elapsed > 0 else None,
+                       "pipeline_pairs_per_s": 1e3 / percentile(fused_ms, 50) if fused_ms else None,
+                       "wall_s": elapsed},
+        "sync": {"slop_s": args.slop, "queue_size": args.queue_size, "thermal_offset_s": args.thermal_offset,
+                 "mean_abs_dt_ms": pipe.sync.stats.mean_abs_dt_ms if pipe.sync.stats.pairs else None,
+                 "max_abs_dt_ms": pipe.sync.stats.abs_dt_max_ns / 1e6},
+        "metrics": metric_values,
+        "metrics_reason": metric_reason,
+        "checkpoint": str(engine.checkpoint),
+        "device": str(engine.device),
+    }
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=1))
+    problems = len(pipe.failures) + len(read_errors) + input_errors
+    print(f"replayed {sum(counts.values())} messages: {len(pair_log)} pairs, {written} fused into {args.out}; "
+          f"{report['unpaired']['count']} unpaired {unpaired_by_reason or ''}; {len(pipe.failures)} failed",
+          file=sys.stderr)
+    for f in pipe.failures[:10]:
+        print(f"  failed pair rgb {f.rgb_stamp_ns}: {f.reason}", file=sys.stderr)
+    for e in read_errors[:10]:
+        print(f"  read error: {e['reason']}", file=sys.stderr)
+    if written == 0 and sum(counts.values()) > 0 and not pair_log:
+        print("  no pair was made: check --slop / --thermal-offset and the stamps of both topics", file=sys.stderr)
+    return 1 if problems else 0
