@@ -52,7 +52,11 @@ def atomic_write_dir(target: Path, write: Any) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed writer leaves no partial folder behind
+        raise
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -90,23 +94,36 @@ def save_model(model: MoEFusion, cfg: Config, path: str | Path, dtype: torch.dty
     return path
 
 
+def _config_from_yaml(cfg_file: Path) -> Config:
+    try:
+        return Config.from_dict(yaml.safe_load(cfg_file.read_text()))
+    except (yaml.YAMLError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{cfg_file}: invalid config ({e})") from e
+
+
 def read_config(path: str | Path) -> Config:
     """The config stored with a checkpoint (folder or .safetensors file)."""
     path = Path(path)
     if path.is_dir():
         cfg_file = path / CONFIG_FILE
         if cfg_file.is_file():
-            return Config.from_dict(yaml.safe_load(cfg_file.read_text()))
+            return _config_from_yaml(cfg_file)
         path = path / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here (expected a folder with {MODEL_FILE} + {CONFIG_FILE})")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # not a safetensors file (e.g. a pickle): never fall back to unpickling
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     if "config" in meta:
-        return Config.from_dict(json.loads(meta["config"]))
+        try:
+            return Config.from_dict(json.loads(meta["config"]))
+        except (json.JSONDecodeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: invalid config in the file's metadata ({e})") from e
     sib = path.with_name(CONFIG_FILE)
     if sib.is_file():
-        return Config.from_dict(yaml.safe_load(sib.read_text()))
+        return _config_from_yaml(sib)
     raise CheckpointError(f"{path}: no config in the file's metadata and no {CONFIG_FILE} beside it")
 
 
@@ -122,9 +139,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         raise CheckpointError(f"{weights}: cannot read weights ({e})") from e
     model = build_model(cfg.model)
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{weights}: weights do not match the config "
-                              f"(missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
-                              f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''})")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+
+        def first(names: list[str]) -> str:
+            return f"{names[:5]}{'…' if len(names) > 5 else ''}"
+
+        raise CheckpointError(f"{weights}: weights do not match the config (missing {first(missing)}, "
+                              f"unexpected {first(unexpected)}, shape mismatch (file vs config) {first(mismatched)})")
+    model.load_state_dict(state)
     return model.to(device=device, dtype=dtype), cfg

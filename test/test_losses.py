@@ -1,0 +1,111 @@
+"""Fusion losses (spec §6): box-guided pixel loss, Sobel gradient loss, and how they add up."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from moe_fusion_core.config import LossConfig
+from moe_fusion_core.losses import box_mask, fusion_loss, gradient_loss, pixel_loss, sobel_gradient
+
+
+def images(seed: int = 0, b: int = 2, h: int = 24, w: int = 32) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.rand(b, 1, h, w, generator=g, dtype=torch.float64) for _ in range(3))
+
+
+def numpy_sobel(x: np.ndarray) -> np.ndarray:
+    """|Sobel_x ⋆ x| + |Sobel_y ⋆ x| with zero padding, written out as shifted sums."""
+    p = np.pad(x, 1)
+    h, w = x.shape
+
+    def s(dy: int, dx: int) -> np.ndarray:
+        return p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+
+    gx = (s(-1, 1) + 2 * s(0, 1) + s(1, 1)) - (s(-1, -1) + 2 * s(0, -1) + s(1, -1))
+    gy = (s(1, -1) + 2 * s(1, 0) + s(1, 1)) - (s(-1, -1) + 2 * s(-1, 0) + s(-1, 1))
+    return np.abs(gx) + np.abs(gy)
+
+
+def test_box_mask_truncates_and_clamps_like_the_authors_code():
+    boxes = [torch.tensor([[2.7, 1.2, 5.9, 4.99], [-3.0, 8.0, 1.5, 50.0]]), torch.zeros(0, 4)]
+    m = box_mask(boxes, (10, 12))
+    expect = np.zeros((2, 1, 10, 12), np.float32)
+    expect[0, 0, 1:4, 2:5] = 1  # rows y1..y2-1, columns x1..x2-1 after truncation
+    expect[0, 0, 8:10, 0:1] = 1  # clamped to the image
+    np.testing.assert_array_equal(m.numpy(), expect)
+
+
+def test_pixel_loss_is_mean_abs_error_to_max_inside_boxes_and_mean_outside():
+    f, v, i = images(1)
+    boxes = [torch.tensor([[3.0, 2.0, 11.0, 9.0]]), torch.tensor([[20.0, 10.0, 32.0, 24.0], [0.0, 0.0, 4.0, 4.0]])]
+    mask = box_mask(boxes, (24, 32))
+    fn, vn, inn = f.numpy(), v.numpy(), i.numpy()
+    target = (vn + inn) / 2
+    target[0, :, 2:9, 3:11] = np.maximum(vn, inn)[0, :, 2:9, 3:11]
+    target[1, :, 10:24, 20:32] = np.maximum(vn, inn)[1, :, 10:24, 20:32]
+    target[1, :, 0:4, 0:4] = np.maximum(vn, inn)[1, :, 0:4, 0:4]
+    expected = np.abs(fn - target).mean()
+    assert pixel_loss(f, v, i, mask).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_pixel_loss_targets_are_detached_from_the_sources():
+    f, v, i = (t.clone().requires_grad_() for t in images(2))
+    pixel_loss(f, v, i, box_mask([torch.tensor([[0.0, 0.0, 8.0, 8.0]])] * 2, (24, 32))).backward()
+    assert v.grad is None and i.grad is None
+    assert f.grad is not None and f.grad.abs().sum() > 0
+
+
+def test_sobel_gradient_matches_a_direct_numpy_computation():
+    x = images(3, b=1)[0]
+    np.testing.assert_allclose(sobel_gradient(x)[0, 0].numpy(), numpy_sobel(x[0, 0].numpy()), rtol=1e-12)
+
+
+def test_gradient_loss_is_zero_when_fused_is_the_source_with_the_larger_gradient():
+    v = images(4)[0]
+    ir = 0.5 * v  # ∇I = ½∇V ≤ ∇V everywhere (zero padding keeps the ratio at the border too)
+    assert gradient_loss(v, v, ir).item() == pytest.approx(0.0, abs=1e-12)
+    assert gradient_loss(v, ir, v).item() == pytest.approx(0.0, abs=1e-12)  # symmetric in the sources
+    # the weaker source is penalised by exactly the gradient it misses
+    missing = (sobel_gradient(v) - sobel_gradient(ir)).mean().item()
+    assert gradient_loss(ir, v, ir).item() == pytest.approx(missing, rel=1e-10)
+    assert missing > 0
+
+
+def test_gradient_loss_equals_mean_abs_difference_to_the_max_source_gradient():
+    f, v, i = images(5)
+    ref = np.abs(numpy_sobel(f[1, 0].numpy()) - np.maximum(numpy_sobel(v[1, 0].numpy()), numpy_sobel(i[1, 0].numpy())))
+    ref0 = np.abs(numpy_sobel(f[0, 0].numpy()) - np.maximum(numpy_sobel(v[0, 0].numpy()), numpy_sobel(i[0, 0].numpy())))
+    assert gradient_loss(f, v, i).item() == pytest.approx((ref.mean() + ref0.mean()) / 2, rel=1e-10)
+
+
+def test_fusion_loss_weights_its_parts_as_configured():
+    f, v, i = (t.float() for t in images(6))
+    boxes = [torch.tensor([[4.0, 4.0, 12.0, 16.0]]), torch.zeros(0, 4)]
+    load = torch.tensor(0.37)
+    cfg = LossConfig(alpha=7.0, pixel_weight=2.0, load_weight=3.0)
+    out = fusion_loss(f, v, i, boxes, load, cfg)
+    mask = box_mask(boxes, (24, 32))
+    assert out.pixel.item() == pytest.approx(pixel_loss(f, v, i, mask).item(), rel=1e-6)
+    assert out.grad.item() == pytest.approx(gradient_loss(f, v, i).item(), rel=1e-6)
+    assert out.total.item() == pytest.approx(2.0 * out.pixel.item() + 7.0 * out.grad.item() + 3.0 * 0.37, rel=1e-6)
+    # default weights are the paper's: L_pixel + 10·L_grad + L_load
+    d = fusion_loss(f, v, i, boxes, load, LossConfig())
+    assert d.total.item() == pytest.approx(d.pixel.item() + 10 * d.grad.item() + 0.37, rel=1e-6)
+
+
+def test_unlabelled_frames_follow_the_configured_pixel_target():
+    f, v, i = (t.float() for t in images(7))
+    no_boxes = [torch.zeros(0, 4), torch.zeros(0, 4)]
+    load = torch.tensor(0.0)
+    as_mean = fusion_loss(f, v, i, no_boxes, load, LossConfig(unlabelled_target="mean"), labelled=[False, False])
+    as_max = fusion_loss(f, v, i, no_boxes, load, LossConfig(unlabelled_target="max"), labelled=[False, False])
+    assert as_mean.pixel.item() == pytest.approx((f - (v + i) / 2).abs().mean().item(), rel=1e-6)
+    assert as_max.pixel.item() == pytest.approx((f - torch.maximum(v, i)).abs().mean().item(), rel=1e-6)
+    # a labelled frame keeps its boxes (here none: background everywhere) even with "max"
+    mixed = fusion_loss(f, v, i, no_boxes, load, LossConfig(unlabelled_target="max"), labelled=[True, False])
+    t = torch.cat([(v[:1] + i[:1]) / 2, torch.maximum(v[1:], i[1:])])
+    assert mixed.pixel.item() == pytest.approx((f - t).abs().mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="unlabelled_target"):
+        fusion_loss(f, v, i, no_boxes, load, LossConfig(unlabelled_target="median"))
