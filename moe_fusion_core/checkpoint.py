@@ -153,3 +153,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
                               f"unexpected {first(unexpected)}, shape mismatch (file vs config) {first(mismatched)})")
     model.load_state_dict(state)
     return model.to(device=device, dtype=dtype), cfg
+
+
+# ---------------------------------------------------------------- ``moe-fusion export``
+def add_arguments(p: Any) -> None:
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder (e.g. RUN_DIR/final) or .safetensors file")
+    p.add_argument("out", type=Path, help="output model folder (model.safetensors + config.yaml)")
+    p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored precision")
+    p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra metadata stored in the safetensors header (repeatable)")
+
+
+def run(args: Any) -> int:
+    """Re-save a checkpoint for deployment: weights only, in the asked precision, written atomically."""
+    model, cfg = load_model(args.checkpoint)
+    meta = {}
+    for item in args.note:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--note expects KEY=VALUE, got {item!r}")
+        meta[key] = value
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    out = save_model(model, cfg, args.out, dtype=dtype, metadata=meta)
+    size = (out / MODEL_FILE).stat().st_size / 2**20
+    print(f"wrote {out / MODEL_FILE} ({size:.1f} MiB, {args.dtype}) and {out / CONFIG_FILE}")
+    return 0

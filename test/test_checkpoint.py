@@ -225,3 +225,24 @@ def test_pickle_files_are_rejected_without_being_executed(tmp_path, saved):
     with pytest.raises(CheckpointError, match="invalid config"):
         read_config(saved)
     assert not marker.exists()
+
+
+def test_export_command_writes_an_fp16_model_that_loads_and_matches(tmp_path):
+    from moe_fusion_ros.cli import main
+
+    cfg = fusion_only_config()
+    model = trained_looking_model(cfg)
+    src = save_model(model, cfg, tmp_path / "final")
+    assert main(["export", str(src), str(tmp_path / "deploy"), "--note", "trained_on=msrs"]) == 0
+    from safetensors.torch import load_file
+
+    stored = load_file(str(tmp_path / "deploy" / "model.safetensors"))
+    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    with safe_open(str(tmp_path / "deploy" / "model.safetensors"), "pt") as f:
+        assert f.metadata()["trained_on"] == "msrs"
+    loaded, cfg2 = load_model(tmp_path / "deploy")
+    assert cfg2 == cfg
+    ir, vis = pair()
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(ir, vis).fused, model(ir, vis).fused, atol=2e-2)
+    assert main(["export", str(src), str(tmp_path / "x"), "--note", "novalue"]) == 2
