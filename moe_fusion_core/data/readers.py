@@ -156,6 +156,14 @@ def read_yolo(path: Path, file_classes: list[str] | None, class_names: list[str]
     return np.clip(np.asarray(boxes, np.float32).reshape(-1, 4), 0.0, 1.0), np.asarray(labels, np.int64)
 
 
+def _with_voc(rec: PairRecord, xml: Path, class_names: list[str]) -> PairRecord:
+    """Attach the boxes of ``xml`` to ``rec`` when the file exists (no file: the frame stays unlabelled)."""
+    if xml.is_file():
+        rec.boxes, rec.labels = read_voc(xml, class_names)
+        rec.labelled = True
+    return rec
+
+
 def _meta(root: Path) -> dict[str, dict[str, str]]:
     p = root / "meta.csv"
     if not p.is_file():
@@ -202,11 +210,7 @@ def _read_m3fd(root: Path, subset: str | None, class_names: list[str]) -> list[P
         if keep is not None and stem not in keep:
             continue
         rec = PairRecord(stem, ir[stem], vis[stem], root.name, scene_of(stem, "m3fd"))
-        xml = root / "Annotation" / f"{stem}.xml"
-        if xml.is_file():
-            rec.boxes, rec.labels = read_voc(xml, class_names)
-            rec.labelled = True
-        out.append(rec)
+        out.append(_with_voc(rec, root / "Annotation" / f"{stem}.xml", class_names))
     return out
 
 
@@ -218,11 +222,7 @@ def _read_llvip(root: Path, subset: str | None, class_names: list[str]) -> list[
         ir, vis = _files(root / "infrared" / sub), _files(root / "visible" / sub)
         for stem in sorted(set(ir) & set(vis)):
             rec = PairRecord(stem, ir[stem], vis[stem], root.name, scene_of(stem, "llvip"), light="night")
-            xml = root / "Annotations" / f"{stem}.xml"
-            if xml.is_file():
-                rec.boxes, rec.labels = read_voc(xml, class_names)
-                rec.labelled = True
-            out.append(rec)
+            out.append(_with_voc(rec, root / "Annotations" / f"{stem}.xml", class_names))
     return out
 
 
@@ -243,11 +243,7 @@ def _read_flir(root: Path, subset: str | None, class_names: list[str]) -> list[P
         if not rgb.is_file():
             continue
         rec = PairRecord(fid, jpeg / f"{fid}_PreviewData.jpeg", rgb, root.name, scene_of(fid, "flir_aligned"))
-        xml = root / "Annotations" / f"{fid}_PreviewData.xml"
-        if xml.is_file():
-            rec.boxes, rec.labels = read_voc(xml, class_names)
-            rec.labelled = True
-        out.append(rec)
+        out.append(_with_voc(rec, root / "Annotations" / f"{fid}_PreviewData.xml", class_names))
     return out
 
 
