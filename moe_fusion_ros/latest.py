@@ -8,6 +8,7 @@ a slow model never builds up lag (ros2_conventions §2.7). :class:`FifoBuffer` k
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from typing import Any
 
@@ -16,7 +17,7 @@ class BufferClosed(Exception):
     """Raised by ``get`` once the buffer is closed and empty, and by ``put`` after ``close``."""
 
 
-class _Buffer:
+class _Buffer(ABC):
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._closed = False
@@ -34,11 +35,13 @@ class _Buffer:
             self._closed = True
             self._cond.notify_all()
 
+    @abstractmethod
     def _empty(self) -> bool:
-        raise NotImplementedError
+        """Whether no item is waiting (called with the lock held)."""
 
+    @abstractmethod
     def _pop(self) -> Any:
-        raise NotImplementedError
+        """Remove and return the waiting item (called with the lock held, buffer not empty)."""
 
     def get(self, timeout: float | None = None) -> Any | None:
         """The next item; ``None`` on timeout; :class:`BufferClosed` when closed and drained."""
