@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .image_io import IMAGE_SUFFIXES, ImageReadError, pair_by_stem, read_image, read_ir, read_vis
+from .image_io import IMAGE_SUFFIXES, ImageReadError, pair_by_stem, read_image, read_ir, read_vis, to_8bit
 from .metrics.detection import Box, mean_average_precision, read_class_names, read_yolo_labels
 
 MODALITIES = ("ir", "vis", "fused")
@@ -97,8 +97,7 @@ def load_frames(data: Path, fused: Path | None) -> tuple[list[dict[str, Any]], l
             continue  # unlabelled, not empty
         try:
             ir, vis = read_ir(ip), read_vis(vp)
-            if ir.dtype != np.uint8:
-                ir = (ir.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+            ir = to_8bit(ir)
             if ir.shape != vis.shape[:2]:
                 raise ValueError(f"infrared {ir.shape[::-1]} and visible {vis.shape[1::-1]} differ in size")
             frame = {"stem": stem, "ir": ir, "vis": vis,
@@ -109,9 +108,7 @@ def load_frames(data: Path, fused: Path | None) -> tuple[list[dict[str, Any]], l
                 f = read_image(fused_files[stem])
                 if f.shape[:2] != ir.shape:
                     raise ValueError(f"fused image is {f.shape[1]}×{f.shape[0]}, sources {ir.shape[1]}×{ir.shape[0]}")
-                if f.dtype != np.uint8:
-                    f = (f.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-                frame["fused"] = f
+                frame["fused"] = to_8bit(f)
         except (ImageReadError, ValueError) as e:
             skipped.append(f"{stem}: {e}")
             continue

@@ -25,7 +25,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import Config
-from .image_io import rgb_to_luma
+from .image_io import rgb_to_luma, to_8bit
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -144,7 +144,7 @@ class FusionEngine:
         if vis.ndim != 3 or vis.shape[2] != 3:
             raise ValueError(f"visible image must be H×W×3 or H×W, got shape {vis.shape}")
         if vis.dtype == np.uint16:
-            vis = (vis.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+            vis = to_8bit(vis)
         elif vis.dtype != np.uint8:
             if not np.isfinite(vis).all():
                 raise ValueError("visible image contains NaN or inf")

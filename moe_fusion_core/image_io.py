@@ -54,11 +54,18 @@ def read_ir(path: str | Path) -> np.ndarray:
     return img
 
 
+def to_8bit(img: np.ndarray) -> np.ndarray:
+    """A 16-bit image as 8 bits (``round(x / 257)``, so 65535 -> 255); 8-bit images pass through."""
+    if img.dtype == np.uint8:
+        return img
+    return (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+
+
 def read_vis(path: str | Path) -> np.ndarray:
     """Read a visible image as H×W×3 RGB ``uint8`` (grey files are replicated to 3 channels)."""
     img = read_image(path)
     if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        img = to_8bit(img)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return img

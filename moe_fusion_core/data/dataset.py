@@ -51,9 +51,7 @@ class PairDataset(Dataset):
     def load(self, rec: PairRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Images and boxes at native resolution (IR resized to the visible size if they differ)."""
         ir = read_ir(rec.ir)
-        vis = read_vis(rec.vis)
-        if vis.dtype != np.uint8:
-            vis = (vis / 257).astype(np.uint8)
+        vis = read_vis(rec.vis)  # always RGB uint8
         h, w = vis.shape[:2]
         if ir.shape[:2] != (h, w):
             import cv2
