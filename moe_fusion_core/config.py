@@ -89,6 +89,9 @@ class LossConfig:
     # Pixel-loss target on frames without box annotations (spec §9.6; the authors' code never trains on them):
     # "mean" treats the whole frame as background ((V+I)/2), "max" as foreground (max(V, I)).
     unlabelled_target: str = "mean"
+    # Pixel-loss target outside the boxes of labelled frames: "mean" = (V+I)/2 (the authors' code), "max" = max(V, I)
+    # everywhere, i.e. the same target as foreground (for data where few frames have boxes; see MODEL_CARD.md).
+    background_target: str = "mean"
 
 
 @dataclass
@@ -111,6 +114,7 @@ class TrainConfig:
     hflip: float = 0.0  # probability of a horizontal flip (paper: none)
     keep_unlabelled: bool = False  # spec §9.6: train the fusion head on frames without boxes too
     labelled_repeat: int = 1  # frames with boxes appear this many times per pass (when they are scarce)
+    freeze_detectors: bool = False  # train the fusion head only: detectors keep their weights and BN statistics
     amp: bool = True  # autocast on CUDA (gates and combine stay fp32)
     checkpoint_every: int = 500
     log_every: int = 10

@@ -28,14 +28,21 @@ def box_mask(boxes: Sequence[torch.Tensor], size: tuple[int, int], device: torch
     return mask
 
 
-def pixel_target(vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """max(V, I) inside the boxes, (V + I)/2 outside; detached."""
-    return torch.where(mask > 0, torch.maximum(vis, ir), (vis + ir) / 2).detach()
+def pixel_target(vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor, background: str = "mean") -> torch.Tensor:
+    """max(V, I) inside the boxes; outside, (V + I)/2 (``background="mean"``, spec §6.1) or max(V, I) (``"max"``).
+    Detached."""
+    if background not in ("mean", "max"):
+        raise ValueError(f"loss.background_target must be 'mean' or 'max', got {background!r}")
+    fg = torch.maximum(vis, ir)
+    if background == "max":
+        return fg.detach()
+    return torch.where(mask > 0, fg, (vis + ir) / 2).detach()
 
 
-def pixel_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def pixel_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor,
+               background: str = "mean") -> torch.Tensor:
     """Mean over all pixels of |F − T| (spec §6.1)."""
-    return (fused - pixel_target(vis, ir, mask)).abs().mean()
+    return (fused - pixel_target(vis, ir, mask, background)).abs().mean()
 
 
 def sobel_gradient(x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +74,8 @@ def fusion_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, boxes:
     """L_fusion = w_pix·L_pixel + α·L_grad + w_load·L_load, computed in fp32.
 
     ``labelled[b]`` False marks a frame without box annotations; its pixel target follows
-    ``cfg.unlabelled_target`` (whole frame background = mean, or foreground = max).
+    ``cfg.unlabelled_target`` (whole frame background = mean, or foreground = max); ``cfg.background_target``
+    sets the target outside boxes.
     """
     if cfg.unlabelled_target not in ("mean", "max"):
         raise ValueError(f"loss.unlabelled_target must be 'mean' or 'max', got {cfg.unlabelled_target!r}")
@@ -77,7 +85,7 @@ def fusion_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, boxes:
         for b, has_labels in enumerate(labelled):
             if not has_labels:
                 mask[b] = 1
-    lp = pixel_loss(fused, vis, ir, mask)
+    lp = pixel_loss(fused, vis, ir, mask, cfg.background_target)
     lg = gradient_loss(fused, vis, ir)
     total = cfg.pixel_weight * lp + cfg.alpha * lg + cfg.load_weight * load_loss
     return FusionLosses(total, lp, lg, load_loss)

@@ -135,6 +135,9 @@ class Trainer:
             from .pretrained import load_detector_backbones
 
             load_detector_backbones(self.model, detector_weights)
+        self.frozen_detectors = cfg.train.freeze_detectors and self.model.detectors is not None
+        if self.frozen_detectors:
+            self.model.detectors.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         t = cfg.train
         self.optimizer = torch.optim.Adam(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
@@ -174,7 +177,8 @@ class Trainer:
         labelled = torch.as_tensor([bool(x) for x in b["labelled"]])
         targets = [{"boxes": bx.float(), "labels": lab.long() + 1} for bx, lab in zip(b["boxes"], b["labels"])]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            out = self.net(b["ir"], b["vis"], targets=targets if self.model.detectors is not None else None,
+            train_det = self.model.detectors is not None and not self.frozen_detectors
+            out = self.net(b["ir"], b["vis"], targets=targets if train_det else None,
                            labelled=labelled, vis_rgb=b["vis_rgb"])
         lf = fusion_loss(out.fused, b["vis"], b["ir"], b["boxes"], out.load_loss, self.cfg.loss,
                          labelled=labelled.tolist())
@@ -291,6 +295,8 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", file=sys.stderr)
         self.model.train()
+        if self.frozen_detectors:
+            self.model.detectors.eval()  # batch-norm statistics stay those the detectors were trained with
         t_cfg = self.cfg.train
         log = open(metrics_path, "a") if self.rank == 0 else None  # noqa: SIM115
         t0 = time.time()

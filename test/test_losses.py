@@ -109,3 +109,18 @@ def test_unlabelled_frames_follow_the_configured_pixel_target():
     assert mixed.pixel.item() == pytest.approx((f - t).abs().mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="unlabelled_target"):
         fusion_loss(f, v, i, no_boxes, load, LossConfig(unlabelled_target="median"))
+
+
+def test_background_target_max_uses_max_outside_boxes_too():
+    f, v, i = (t.float() for t in images(8))
+    boxes = [torch.tensor([[2.0, 3.0, 9.0, 11.0]]), torch.zeros(0, 4)]
+    load = torch.tensor(0.0)
+    paper = fusion_loss(f, v, i, boxes, load, LossConfig())
+    as_max = fusion_loss(f, v, i, boxes, load, LossConfig(background_target="max"))
+    mask = box_mask(boxes, tuple(f.shape[-2:]))
+    assert paper.pixel.item() == pytest.approx(
+        (f - torch.where(mask > 0, torch.maximum(v, i), (v + i) / 2)).abs().mean().item(), rel=1e-6)
+    assert as_max.pixel.item() == pytest.approx((f - torch.maximum(v, i)).abs().mean().item(), rel=1e-6)
+    assert as_max.pixel.item() != pytest.approx(paper.pixel.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="background_target"):
+        fusion_loss(f, v, i, boxes, load, LossConfig(background_target="min"))

@@ -75,6 +75,24 @@ def test_detection_losses_train_on_labelled_frames(tmp_path, data_dir):
     assert all(r["loss_det"] > 0 for r in rows)
 
 
+def test_frozen_detectors_keep_weights_and_statistics_while_the_fusion_head_trains(tmp_path, data_dir):
+    from moe_fusion_core.config import load_config
+    from moe_fusion_core.train import Trainer
+
+    cfg = load_config(write_config(tmp_path, steps=2, crop=[128, 128], keep_unlabelled=False,
+                                   freeze_detectors=True))
+    trainer = Trainer(cfg, [data_dir / "llvip_det"], tmp_path / "run", device="cpu", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    final = trainer.train()
+    after = load_file(str(final / "model.safetensors"))
+    det = [k for k in before if k.startswith("detectors.")]
+    fus = [k for k in before if k.startswith("fusion.") and before[k].is_floating_point()]
+    assert any("running_mean" in k for k in det)
+    assert all(torch.equal(before[k], after[k]) for k in det)
+    assert any(not torch.equal(before[k], after[k]) for k in fus)
+    assert all(r["loss_det"] == 0 for r in read_metrics(tmp_path / "run"))
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir):
     cfg = write_config(tmp_path, steps=12)
     data = [data_dir / "msrs"]
@@ -130,3 +148,25 @@ def test_missing_data_folder_is_reported(tmp_path, missing):
     out = proc.stdout.read()
     assert proc.wait(timeout=300) != 0
     assert missing in out
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "training").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_training_recipe_loads(recipe):
+    from moe_fusion_core.config import load_config
+
+    cfg = load_config(recipe)  # unknown keys and bad types raise, naming the key
+    assert cfg.loss.unlabelled_target in ("mean", "max")
+    assert cfg.loss.background_target in ("mean", "max")
+    assert cfg.train.batch_size >= 1 and (cfg.train.steps or cfg.train.epochs) > 0
+
+
+def test_default_model_was_trained_with_its_documented_recipe():
+    """The shipped config.yaml carries the loss and schedule of training/shared_embedded_stage2.yaml."""
+    from moe_fusion_core.checkpoint import read_config
+    from moe_fusion_core.config import load_config
+
+    shipped = read_config(REPO / "moe_fusion_core" / "default_model")
+    recipe = load_config(REPO / "training" / "shared_embedded_stage2.yaml")
+    assert shipped.loss == recipe.loss
+    assert shipped.train == recipe.train
+    assert shipped.model == recipe.model
