@@ -57,7 +57,11 @@ def atomic_write_dir(target: Path, write: Any) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed writer leaves no partial folder behind
         raise
+    mask = os.umask(0)
+    os.umask(mask)
     for f in tmp.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)  # safetensors writes 0600; a node running as another user must read it
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -151,6 +153,17 @@ def test_overwriting_a_checkpoint_replaces_it_without_leftovers(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]
     loaded, _ = load_model(path)
     assert torch.equal(loaded.state_dict()["fusion.moge.gate.w_gate"], new.state_dict()["fusion.moge.gate.w_gate"])
+
+
+def test_saved_files_follow_the_umask_so_other_users_can_read_them(tmp_path):
+    cfg = fusion_only_config()
+    old = os.umask(0o022)
+    try:
+        path = save_model(trained_looking_model(cfg), cfg, tmp_path / "ck")
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in path.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.yaml": 0o644}
 
 
 @pytest.fixture
