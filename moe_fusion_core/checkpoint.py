@@ -57,11 +57,12 @@ def atomic_write_dir(target: Path, write: Any) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # a failed writer leaves no partial folder behind
         raise
-    mask = os.umask(0)
-    os.umask(mask)
+    # safetensors writes 0600; give every file the mode the umask allows (read from the fresh folder, since
+    # os.umask can only be read by changing it, process-wide), so a node running as another user can read it.
+    file_mode = tmp.stat().st_mode & 0o666
     for f in tmp.iterdir():
         if f.is_file():
-            os.chmod(f, 0o666 & ~mask)  # safetensors writes 0600; a node running as another user must read it
+            os.chmod(f, file_mode)
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
     old = target.with_name(f".{target.name}.old-{os.getpid()}")

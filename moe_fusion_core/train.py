@@ -136,6 +136,7 @@ class Trainer:
 
             load_detector_backbones(self.model, detector_weights)
         self.frozen_detectors = cfg.train.freeze_detectors and self.model.detectors is not None
+        self.train_detectors = self.model.detectors is not None and not self.frozen_detectors
         if self.frozen_detectors:
             self.model.detectors.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -177,8 +178,7 @@ class Trainer:
         labelled = torch.as_tensor([bool(x) for x in b["labelled"]])
         targets = [{"boxes": bx.float(), "labels": lab.long() + 1} for bx, lab in zip(b["boxes"], b["labels"])]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            train_det = self.model.detectors is not None and not self.frozen_detectors
-            out = self.net(b["ir"], b["vis"], targets=targets if train_det else None,
+            out = self.net(b["ir"], b["vis"], targets=targets if self.train_detectors else None,
                            labelled=labelled, vis_rgb=b["vis_rgb"])
         lf = fusion_loss(out.fused, b["vis"], b["ir"], b["boxes"], out.load_loss, self.cfg.loss,
                          labelled=labelled.tolist())
