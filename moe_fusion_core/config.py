@@ -112,6 +112,9 @@ class TrainConfig:
     scale_range: tuple[float, float] | None = None  # random rescale factor before the crop (None: off)
     crop: tuple[int, int] | None = None  # (H, W) random crop after resizing (CPU schedules)
     hflip: float = 0.0  # probability of a horizontal flip (paper: none)
+    exposure_p: float = 0.0  # per modality, probability of a random exposure change (paper: none)
+    gain_range: tuple[float, float] = (0.1, 1.25)  # its gain, drawn log-uniformly
+    gamma_range: tuple[float, float] = (0.7, 1.4)  # its gamma, drawn log-uniformly
     keep_unlabelled: bool = False  # spec §9.6: train the fusion head on frames without boxes too
     labelled_repeat: int = 1  # frames with boxes appear this many times per pass (when they are scarce)
     freeze_detectors: bool = False  # train the fusion head only: detectors keep their weights and BN statistics

@@ -111,9 +111,9 @@ class FusionEngine:
         self.mismatch = mismatch
         self.max_side = max_side
         if thermal_normalizer is None:
-            from .preprocess import ThermalNormalization, ThermalNormalizer
+            from .preprocess import ThermalNormalizer, default_thermal_normalization
 
-            thermal_normalizer = ThermalNormalizer(ThermalNormalization(mode="percentile", ema=0.0))
+            thermal_normalizer = ThermalNormalizer(default_thermal_normalization())
         self.thermal_normalizer = thermal_normalizer
         if channels_last and self.device.type == "cuda":
             self.model.to(memory_format=torch.channels_last)

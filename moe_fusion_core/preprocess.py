@@ -47,6 +47,11 @@ class ThermalNormalization:
             raise ValueError(f"thermal ema must be in [0, 1), got {self.ema}")
 
 
+def default_thermal_normalization() -> ThermalNormalization:
+    """The policy of :class:`~moe_fusion_core.engine.FusionEngine` and of training: percentile 1–99, per frame."""
+    return ThermalNormalization(mode="percentile", ema=0.0)
+
+
 class ThermalNormalizer:
     """Callable ``ir (H×W uint8|uint16|float) -> H×W uint8`` with an optionally smoothed window across frames."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -16,10 +17,11 @@ from moe_fusion_core.data import (
     build_datasets,
     collate_pairs,
     detect_layout,
+    ir_to_unit,
     read_dataset,
     split_by_scene,
 )
-from moe_fusion_core.data.transforms import hflip, random_crop, resize_pair
+from moe_fusion_core.data.transforms import exposure, hflip, random_crop, resize_pair
 from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
 
 
@@ -207,6 +209,61 @@ def test_augmentation_depends_only_on_seed_epoch_and_index(data_dir):
     b.set_epoch(1)
     assert not torch.equal(a[3]["ir"], b[3]["ir"])
     assert a[3]["ir"].shape == (1, 96, 96)
+
+
+def test_16_bit_infrared_is_trained_on_as_the_engine_will_see_it(data_dir):
+    from moe_fusion_core.engine import FusionEngine
+
+    ir8 = read_ir(next((data_dir / "llvip_det" / "ir").iterdir()))
+    ir16 = ir8.astype(np.uint16) * 40 + 20000  # a radiometric frame with the same content
+    ir16[5, 5] = 65535  # one hot (dead) pixel
+    train_view = ir_to_unit(ir16)
+    engine_view = FusionEngine(device="cpu", detections=False).thermal_normalizer(ir16)
+    assert np.array_equal(np.round(train_view * 255).astype(np.uint8), engine_view)
+    assert train_view.std() > 0.5 * (ir8 / 255.0).std()  # the hot pixel does not squash the frame
+    assert np.array_equal(ir_to_unit(ir8), ir8.astype(np.float32) / 255)  # 8-bit passes through
+
+
+def test_exposure_darkens_like_a_camera_and_keeps_8_bit_grey_levels(data_dir):
+    vis = read_vis(next((data_dir / "llvip_det" / "vis").iterdir()))
+    dark = exposure(vis, 0.2, 1.0)
+    assert dark.dtype == np.uint8 and dark.shape == vis.shape
+    assert np.abs(dark.astype(float) - 0.2 * vis).max() <= 0.5  # gain only: a scaled, re-rounded frame
+    assert np.all(np.diff(exposure(np.arange(256, dtype=np.uint8), 0.7, 1.3).astype(int)) >= 0)  # monotone
+    assert exposure(vis, 4.0, 1.0).max() == 255  # over-exposure saturates
+    ir = np.linspace(0, 1, 1000, dtype=np.float32)
+    out = exposure(ir, 0.1, 1.4)
+    assert out.dtype == np.float32 and np.allclose(out * 255, np.round(out * 255), atol=1e-4)  # on the 8-bit grid
+    assert len(np.unique(out)) <= 27  # 0.1 of the range keeps ~26 grey levels, as a real dark frame
+    assert len(np.unique(exposure(ir, 0.1, 1.4, levels=None))) > 500  # deeper sources stay continuous
+    with pytest.raises(ValueError, match="positive gain"):
+        exposure(vis, 0.0, 1.0)
+
+
+def test_exposure_augmentation_changes_each_modality_on_its_own_and_leaves_geometry(data_dir):
+    cfg = load_config("embedded")
+    cfg.model.class_names = ["person"]
+    cfg.train.input_size, cfg.train.crop, cfg.train.hflip, cfg.train.scale_range = None, (96, 96), 0.5, (0.5, 1.0)
+    recs, _ = read_dataset(data_dir / "llvip_det", ["person"])
+    plain = PairDataset(recs, cfg.train)
+    aug = PairDataset(recs, dataclasses.replace(cfg.train, exposure_p=1.0))
+    gains = []
+    for i in range(4):
+        a, b = plain[i], aug[i]
+        assert torch.equal(a["boxes"], b["boxes"])  # same crop and flip
+        for key in ("ir", "vis_rgb"):  # (the luma of a changed RGB image is a function of the RGB values only)
+            x, y = a[key].flatten().numpy(), b[key].flatten().numpy()
+            assert not np.array_equal(x, y)
+            order = np.argsort(x, kind="stable")
+            assert np.all(np.diff(y[order]) >= -1e-6)  # a monotone grey-level map of the same pixels
+            gains.append(float(np.median(y[x > 0.2] / x[x > 0.2])))
+    assert len({round(g, 2) for g in gains}) == len(gains)  # infrared and visible drawn independently
+    cfg.train.gain_range = (0.0, 1.0)
+    with pytest.raises(ValueError, match="gain_range"):
+        PairDataset(recs, cfg.train)
+    cfg.train.gain_range, cfg.train.exposure_p = (0.5, 1.0), 1.5
+    with pytest.raises(ValueError, match="exposure_p"):
+        PairDataset(recs, cfg.train)
 
 
 def test_build_datasets_drops_frames_without_boxes_unless_asked(data_dir, tmp_path):

@@ -11,19 +11,17 @@ from torch.utils.data import Dataset
 
 from ..config import Config, TrainConfig
 from ..image_io import read_ir, read_vis, rgb_to_luma
+from ..preprocess import ThermalNormalizer, default_thermal_normalization
 from .readers import SCENE_BLOCK, read_dataset
 from .records import PairRecord
 from .split import split_by_scene
-from .transforms import clip_boxes, hflip, random_crop, resize_pair
+from .transforms import clip_boxes, exposure, hflip, random_crop, resize_pair
 
 
 def ir_to_unit(ir: np.ndarray) -> np.ndarray:
-    """Infrared as float32 in [0, 1]: 8-bit divided by 255, deeper images min-max stretched per frame."""
-    if ir.dtype == np.uint8:
-        return ir.astype(np.float32) / 255.0
-    x = ir.astype(np.float32)
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    """Infrared as float32 in [0, 1], as the engine sees it: 8-bit divided by 255, deeper images first brought to
+    8 bits by the engine's default normalisation (:func:`~moe_fusion_core.preprocess.default_thermal_normalization`)."""
+    return ThermalNormalizer(default_thermal_normalization())(ir).astype(np.float32) / 255.0
 
 
 class PairDataset(Dataset):
@@ -32,11 +30,18 @@ class PairDataset(Dataset):
     Each item is a dict: ``ir`` and ``vis`` (1×H×W float in [0, 1], visible as BT.601 luma), ``vis_rgb``
     (3×H×W), ``boxes`` (N×4 float, ``x1 y1 x2 y2`` pixels of the returned image), ``labels`` (N, 0-based),
     ``labelled`` (bool) and ``stem`` (``<dataset>/<stem>``). With ``train=True`` the random crop and flip of
-    ``cfg`` are applied; their randomness depends only on (seed, epoch, index), so a resumed run and any number
-    of loader workers see the same samples.
+    ``cfg`` are applied, and with ``exposure_p`` an independent exposure change (gain, gamma) of each modality,
+    as two cameras with their own auto-exposure give. The randomness depends only on (seed, epoch, index), so
+    a resumed run and any number of loader workers see the same samples.
     """
 
     def __init__(self, records: list[PairRecord], cfg: TrainConfig, train: bool = True) -> None:
+        if not 0.0 <= cfg.exposure_p <= 1.0:
+            raise ValueError(f"train.exposure_p must be a probability in [0, 1], got {cfg.exposure_p}")
+        for name in ("gain_range", "gamma_range"):
+            lo, hi = getattr(cfg, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"train.{name} must be [low, high] with 0 < low <= high, got [{lo}, {hi}]")
         self.records = records
         self.cfg = cfg
         self.train = train
@@ -62,6 +67,11 @@ class PairDataset(Dataset):
             boxes = boxes * np.array([w, h, w, h], np.float32)
         return ir, vis, boxes, rec.labels.copy()
 
+    def _draw_exposure(self, rng: np.random.Generator) -> tuple[float, float]:
+        (g0, g1), (e0, e1) = self.cfg.gain_range, self.cfg.gamma_range
+        gain = float(np.exp(rng.uniform(np.log(g0), np.log(g1))))
+        return gain, float(np.exp(rng.uniform(np.log(e0), np.log(e1))))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.records[index]
         ir, vis, boxes, labels = self.load(rec)
@@ -79,6 +89,11 @@ class PairDataset(Dataset):
                 ir, vis, boxes, labels = random_crop(ir, vis, boxes, labels, tuple(self.cfg.crop), rng)
             if self.cfg.hflip > 0 and rng.random() < self.cfg.hflip:
                 ir, vis, boxes = hflip(ir, vis, boxes)
+            if self.cfg.exposure_p > 0:
+                if rng.random() < self.cfg.exposure_p:
+                    ir = exposure(ir, *self._draw_exposure(rng))
+                if rng.random() < self.cfg.exposure_p:
+                    vis = exposure(vis, *self._draw_exposure(rng))
         h, w = ir.shape[:2]
         boxes, labels = clip_boxes(boxes, labels, h, w)
         rgb = torch.from_numpy(np.ascontiguousarray(vis)).permute(2, 0, 1).float() / 255.0

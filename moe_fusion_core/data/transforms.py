@@ -1,4 +1,4 @@
-"""Geometric transforms applied identically to the infrared image, the visible image and the boxes."""
+"""Training transforms: geometric ones applied identically to both images and the boxes, and exposure changes."""
 
 from __future__ import annotations
 
@@ -69,3 +69,18 @@ def hflip(ir: np.ndarray, vis: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarra
     if len(b):
         b[:, 0], b[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
     return np.ascontiguousarray(ir[:, ::-1]), np.ascontiguousarray(vis[:, ::-1]), b
+
+
+def exposure(img: np.ndarray, gain: float, gamma: float, levels: int | None = 255) -> np.ndarray:
+    """A camera exposure change: ``min(1, gain · x^gamma)`` on the image's [0, 1] values.
+
+    ``uint8`` images stay ``uint8``; float images must hold [0, 1] values and are re-quantised to ``levels``
+    steps (``None``: left continuous), so a darkened 8-bit frame has the coarse grey levels of a real dark one.
+    """
+    if gain <= 0 or gamma <= 0:
+        raise ValueError(f"exposure needs a positive gain and gamma, got gain={gain}, gamma={gamma}")
+    if img.dtype == np.uint8:
+        lut = np.clip(np.round(255.0 * gain * (np.arange(256) / 255.0) ** gamma), 0, 255).astype(np.uint8)
+        return lut[img]
+    out = np.clip(gain * np.clip(img, 0.0, 1.0) ** gamma, 0.0, 1.0).astype(np.float32)
+    return np.round(out * levels) / levels if levels else out
