@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from moe_fusion_core.data.transforms import exposure
 from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
+from moe_fusion_core.metrics.fusion import entropy, standard_deviation
 
 BINS = ((0, 8), (8, 16), (16, 32), (32, 64), (64, 128), (128, 256))
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def entropy(img: np.ndarray) -> float:
-    p = np.bincount(img.ravel(), minlength=256) / img.size
-    p = p[p > 0]
-    return float(-(p * np.log2(p)).sum())
 
 
 def pairs(roots: list[Path], every: int = 3, per_root: int = 8) -> list[tuple[Path, Path]]:
@@ -52,14 +48,12 @@ def main() -> None:
             vis = exposure(rgb_to_luma(read_vis(vis_path)), gain, 1.0)
             ir = read_ir(ir_path)
             ir = exposure(engine.thermal_normalizer(ir), gain, 1.0)
-            fused = engine.fuse(ir, vis).fused.astype(int)
-            if ir.shape != vis.shape:  # the engine resized the IR to the visible size; so must the reference
-                import cv2
-
+            if ir.shape != vis.shape:  # as the engine would, so that the reference sees the same infrared image
                 ir = cv2.resize(ir, vis.shape[::-1], interpolation=cv2.INTER_LINEAR)
+            fused = engine.fuse(ir, vis).fused.astype(int)
             ref = np.maximum(ir, vis).astype(int)
-            d_en.append(entropy(fused.astype(np.uint8)) - entropy(ref.astype(np.uint8)))
-            d_sd.append(fused.std() - ref.std())
+            d_en.append(entropy(fused) - entropy(ref))
+            d_sd.append(standard_deviation(fused, "standard") - standard_deviation(ref, "standard"))
             for lo, hi in BINS:
                 k = (ref >= lo) & (ref < hi)
                 if k.any():
