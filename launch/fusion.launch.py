@@ -28,6 +28,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="thermal sensor_msgs/Image topic (remapped to thermal/image_raw)"),
         DeclareLaunchArgument("rgb_topic", default_value="/camera/image_raw",
                               description="RGB sensor_msgs/Image topic (remapped to rgb/image_raw)"),
+        DeclareLaunchArgument("rgb_info_topic", default_value="/camera/camera_info",
+                              description="RGB sensor_msgs/CameraInfo topic (remapped to rgb/camera_info)"),
         DeclareLaunchArgument("params_file", default_value=default_params,
                               description="parameters YAML (keys under '/**: ros__parameters:')"),
         DeclareLaunchArgument("device", default_value="cuda:0", description="torch device: cuda:N or cpu"),
@@ -55,6 +57,7 @@ def generate_launch_description() -> LaunchDescription:
         remappings=[
             ("thermal/image_raw", LaunchConfiguration("thermal_topic")),
             ("rgb/image_raw", LaunchConfiguration("rgb_topic")),
+            ("rgb/camera_info", LaunchConfiguration("rgb_info_topic")),
         ],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
     )

@@ -12,6 +12,9 @@ The node copies these into rclpy messages and bag replay into rosbags messages, 
   ``mole_fg, mole_bg, moge``; ``layout.dim[i]`` names gate *i* (``label``) and its number of experts (``size`` =
   ``stride``), so gate *i* is ``data[sum(size[:i]) : sum(size[:i+1])]``.
 - ``fused/debug_image``: the RGB input with boxes, class names and scores drawn (``rgb8``).
+- ``fused/camera_info`` (``sensor_msgs/CameraInfo``): the RGB camera's calibration with the fused image's header.
+  The fused pixels are the RGB image's pixels (same size, no resampling), so K, D, R, P, binning and ROI are
+  copied unchanged; image_pipeline consumers pair it with ``fused/image`` by stamp (ros2_conventions §2.5).
 """
 
 from __future__ import annotations
@@ -53,6 +56,39 @@ def image_message(arr: np.ndarray, hdr: Mapping[str, Any]) -> dict[str, Any]:
     h, w = a.shape[:2]
     return {"header": dict(hdr), "height": h, "width": w, "encoding": encoding, "is_bigendian": 0,
             "step": w * ch, "data": np.ascontiguousarray(a).reshape(-1)}
+
+
+CAMERA_INFO_ARRAYS = {"d": None, "k": 9, "r": 9, "p": 12}
+
+
+class CameraInfoMismatch(ValueError):
+    """A camera_info that does not describe the image it would be published with."""
+
+
+def camera_info_message(info: Any, hdr: Mapping[str, Any], image_size: tuple[int, int]) -> dict[str, Any]:
+    """``sensor_msgs/CameraInfo`` for the fused image: ``info`` (the RGB camera's, an rclpy or rosbags message or
+    an object with the same fields) with header ``hdr``. ``image_size`` (w, h) is the fused image's size.
+
+    Raises :class:`CameraInfoMismatch` when ``info`` cannot describe that image: its own size is set, it uses no
+    binning or ROI, and it differs from ``image_size`` (a calibration for another resolution)."""
+    w, h = image_size
+    width, height = int(info.width), int(info.height)
+    bx, by = int(info.binning_x), int(info.binning_y)
+    roi = info.roi
+    roi_d = {"x_offset": int(roi.x_offset), "y_offset": int(roi.y_offset), "height": int(roi.height),
+             "width": int(roi.width), "do_rectify": bool(roi.do_rectify)}
+    plain = bx <= 1 and by <= 1 and roi_d["width"] in (0, width) and roi_d["height"] in (0, height)
+    if plain and width > 0 and height > 0 and (width, height) != (w, h):
+        raise CameraInfoMismatch(f"RGB camera_info is for {width}x{height} but the image is {w}x{h}")
+    out: dict[str, Any] = {"header": dict(hdr), "height": height, "width": width,
+                           "distortion_model": str(info.distortion_model), "binning_x": bx, "binning_y": by,
+                           "roi": roi_d}
+    for name, n in CAMERA_INFO_ARRAYS.items():
+        a = np.asarray(getattr(info, name), np.float64).reshape(-1)
+        if n is not None and a.size != n:
+            raise CameraInfoMismatch(f"camera_info.{name} has {a.size} values, expected {n}")
+        out[name] = a.copy()
+    return out
 
 
 def _box_dict(cx: float, cy: float, w: float, h: float, layout: str) -> dict[str, Any]:
@@ -127,3 +163,4 @@ class Outgoing:
     detections: dict[str, Any]
     gates: dict[str, Any]
     debug_image: dict[str, Any] | None = None
+    camera_info: dict[str, Any] | None = None

@@ -7,6 +7,8 @@ Lifecycle node ``moe_fusion`` (``autostart`` configures and activates it in :fun
   (:mod:`moe_fusion_ros.sync`);
 - the synchroniser's callback only drops the pair into a latest-only slot (:mod:`moe_fusion_ros.latest`); a worker
   thread decodes, fuses and publishes, so the executor is never blocked;
+- subscribes ``rgb/camera_info`` (``output.camera_info``) and republishes the RGB calibration as
+  ``fused/camera_info`` with each fused image's header (the fused pixels are the RGB image's);
 - publishes ``fused/image`` (mono8, rgb8 with ``output.color``), ``fused/detections`` (vision_msgs
   Detection2DArray), ``fused/gates`` (Float32MultiArray) and ``fused/debug_image`` (only while subscribed), all with
   the RGB input's header;
@@ -43,7 +45,7 @@ try:
         ReliabilityPolicy,
         qos_profile_sensor_data,
     )
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Float32MultiArray, MultiArrayDimension
     from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 except ImportError as e:  # pragma: no cover - depends on the ROS installation
@@ -59,6 +61,7 @@ from .thermal import stamp_ns
 PARAM_TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
                "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING}
 INPUTS = {"thermal": "thermal/image_raw", "rgb": "rgb/image_raw"}
+RGB_INFO = "rgb/camera_info"
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -128,6 +131,19 @@ def to_detections(d: dict[str, Any]) -> Detection2DArray:
     return arr
 
 
+def to_camera_info(d: dict[str, Any]) -> CameraInfo:
+    m = CameraInfo()
+    _fill_header(m.header, d["header"])
+    m.width, m.height, m.distortion_model = int(d["width"]), int(d["height"]), d["distortion_model"]
+    m.d = [float(x) for x in d["d"]]
+    m.k, m.r, m.p = (d[k].astype("float64") for k in ("k", "r", "p"))
+    m.binning_x, m.binning_y = int(d["binning_x"]), int(d["binning_y"])
+    roi = d["roi"]
+    m.roi.x_offset, m.roi.y_offset = int(roi["x_offset"]), int(roi["y_offset"])
+    m.roi.width, m.roi.height, m.roi.do_rectify = int(roi["width"]), int(roi["height"]), bool(roi["do_rectify"])
+    return m
+
+
 def to_gates(d: dict[str, Any]) -> Float32MultiArray:
     m = Float32MultiArray()
     m.layout.dim = [MultiArrayDimension(label=x["label"], size=x["size"], stride=x["stride"])
@@ -180,6 +196,7 @@ class FusionNode(LifecycleNode):
         self.buffer: Any = None
         self.worker: threading.Thread | None = None
         self.subs: list[Any] = []
+        self.info_sub: Any = None
         self.sync: Any = None
         self.pubs: dict[str, Any] = {}
         self.updater: Any = None
@@ -218,6 +235,7 @@ class FusionNode(LifecycleNode):
             self.pipeline.gates = p.output_gates
             self.pipeline.class_id = p.output_class_id
             self.pipeline.frame_id = p.output_frame_id
+            self.pipeline.camera_info = p.output_camera_info
             self.pipeline.normalizer.cfg = p.thermal_normalization()
 
     # ------------------------------------------------------------------ lifecycle
@@ -233,7 +251,7 @@ class FusionNode(LifecycleNode):
             self.engine, slop=p.sync_slop, queue_size=p.sync_queue_size, thermal_offset=p.sync_thermal_offset,
             normalization=p.thermal_normalization(), color=p.output_color, detections=p.model_detections,
             gates=p.output_gates, layout=detection_layout(), class_id=p.output_class_id, frame_id=p.output_frame_id,
-            keep_unpaired=False)
+            keep_unpaired=False, camera_info=p.output_camera_info)
         over = _qos_overriding()
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         self.pubs = {
@@ -242,6 +260,7 @@ class FusionNode(LifecycleNode):
                                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE), **over),
             "gates": self.create_publisher(Float32MultiArray, "fused/gates", 10),
             "debug": self.create_publisher(Image, "fused/debug_image", qos_profile_sensor_data),
+            "camera_info": self.create_publisher(CameraInfo, "fused/camera_info", reliable, **over),
         }
         self._setup_diagnostics()
         return TransitionCallbackReturn.SUCCESS
@@ -305,6 +324,8 @@ class FusionNode(LifecycleNode):
             self.subs.append(sub)
         self.sync = optimal_approximate_time_synchronizer(self.subs, sync=self.pipeline.sync)
         self.sync.registerCallback(self._on_pair)
+        self.info_sub = self.create_subscription(CameraInfo, RGB_INFO, self.pipeline.set_camera_info,
+                                                 self._input_qos(RGB_INFO))
         self.buffer = make_buffer(p.processing_mode)
         self.worker = threading.Thread(target=self._work, name="moe_fusion_worker", daemon=True)
         self.worker.start()
@@ -325,6 +346,9 @@ class FusionNode(LifecycleNode):
         for sub in self.subs:
             self.destroy_subscription(sub.sub)
         self.subs, self.sync = [], None
+        if self.info_sub is not None:
+            self.destroy_subscription(self.info_sub)
+            self.info_sub = None
         if self.buffer is not None:
             self.buffer.close()
         if self.worker is not None:
@@ -413,6 +437,8 @@ class FusionNode(LifecycleNode):
                 self.pubs["gates"].publish(to_gates(out.gates))
             if out.debug_image is not None:
                 self.pubs["debug"].publish(to_image(out.debug_image))
+            if out.camera_info is not None:
+                self.pubs["camera_info"].publish(to_camera_info(out.camera_info))
             self.rates["published"].tick()
             self.latency_ms.append((time.monotonic() - t_ready) * 1e3)
             age = self.get_clock().now().nanoseconds - stamp_ns(rgb)
@@ -478,6 +504,8 @@ class FusionNode(LifecycleNode):
         stat.add("stamp age p50 (ms)", f"{percentile(ages, 50):.1f}")
         stat.add("dropped pairs (worker busy)", str(self.buffer.dropped if self.buffer is not None else 0))
         stat.add("frames skipped (corrupt)", str(len(self.pipeline.failures)))
+        for reason, n in sorted(self.pipeline.camera_info_errors.items()):
+            stat.add(f"camera_info not published: {reason}", str(n))
         stat.add("device", str(self.engine.device) if self.engine is not None else "-")
         stat.summary(DiagnosticStatus.OK, "running")
         return stat

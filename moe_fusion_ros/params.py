@@ -74,6 +74,8 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
     ParamSpec("output.gates", True, "bool", "publish the gate weights on fused/gates"),
     ParamSpec("output.class_id", "name", "string", "Detection2D class_id: class name or index",
               choices=("name", "index")),
+    ParamSpec("output.camera_info", True, "bool",
+              "republish rgb/camera_info as fused/camera_info with each fused image's header"),
     ParamSpec("diagnostics.expected_thermal_hz", 30.0, "double", "expected thermal input rate",
               range=(0.1, 1000.0)),
     ParamSpec("diagnostics.expected_rgb_hz", 25.0, "double", "expected RGB input rate", range=(0.1, 1000.0)),
@@ -114,6 +116,7 @@ class FusionParams:
     output_debug_image: bool
     output_gates: bool
     output_class_id: str
+    output_camera_info: bool
     diagnostics_expected_thermal_hz: float
     diagnostics_expected_rgb_hz: float
     diagnostics_no_pair_warn_s: float

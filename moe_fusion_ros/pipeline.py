@@ -3,13 +3,15 @@
 messages → :mod:`sync` (pairs) → :mod:`thermal` (arrays: thermal decode + normalise, RGB decode) →
 ``FusionEngine.fuse`` → :mod:`messages` (outgoing plain data). Each stage is timed; counters record what was
 received, paired, left unpaired (and why) and which frames failed (and why). A failed frame is counted and
-skipped; processing goes on.
+skipped; processing goes on. RGB ``CameraInfo`` messages offered with :meth:`FusionPipeline.set_camera_info` go
+out with the fused images: the one with the RGB image's stamp (as image_transport's camera subscriber pairs
+them), else the latest; one that does not fit the image is counted and not published.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +24,7 @@ from . import messages as M
 from .sync import RGB, THERMAL, Pair, PairSynchronizer, Unpaired
 from .thermal import ImageDecodeError, decode_visible, stamp_ns, thermal_array
 
+CAMERA_INFO_KEEP = 64
 STAGES = ("sync", "decode", "preprocess", "inference", "postprocess", "messages", "total")
 
 
@@ -44,7 +47,8 @@ class FusionPipeline:
     def __init__(self, engine: Any | None = None, *, slop: float = 0.02, queue_size: int = 5,
                  thermal_offset: float = 0.0, normalization: ThermalNormalization | None = None,
                  color: bool = False, detections: bool = True, gates: bool = True, layout: str = "jazzy",
-                 class_id: str = "name", frame_id: str = "", keep_unpaired: bool = True) -> None:
+                 class_id: str = "name", frame_id: str = "", keep_unpaired: bool = True,
+                 camera_info: bool = True) -> None:
         if layout not in M.LAYOUTS:
             raise ValueError(f"detection layout must be one of {', '.join(M.LAYOUTS)}, got {layout!r}")
         if class_id not in M.CLASS_ID_MODES:
@@ -58,6 +62,10 @@ class FusionPipeline:
         self.class_id = class_id
         self.frame_id = frame_id
         self.keep_unpaired = keep_unpaired
+        self.camera_info = camera_info
+        self.rgb_camera_info: Any = None  # the latest
+        self._camera_infos: OrderedDict[int, Any] = OrderedDict()  # by stamp, the last CAMERA_INFO_KEEP
+        self.camera_info_errors: Counter = Counter()
         self.unpaired: list[Unpaired] = []
         self.unpaired_counts: Counter = Counter()
         self.failures: list[FrameFailure] = []
@@ -84,7 +92,24 @@ class FusionPipeline:
         """End of stream: the last pairs, and the rest reported unpaired."""
         return self.sync.flush()
 
+    def set_camera_info(self, msg: Any) -> None:
+        """Offer one RGB ``CameraInfo``; it goes out with the fused image of the same stamp (or later ones)."""
+        self.rgb_camera_info = msg
+        self._camera_infos[stamp_ns(msg)] = msg
+        while len(self._camera_infos) > CAMERA_INFO_KEEP:
+            self._camera_infos.popitem(last=False)
+
     # ------------------------------------------------------------------ processing
+    def _camera_info(self, hdr: dict[str, Any], size: tuple[int, int]) -> dict[str, Any] | None:
+        if not self.camera_info or self.rgb_camera_info is None:
+            return None
+        info = self._camera_infos.get(M.header_stamp_ns(hdr), self.rgb_camera_info)
+        try:
+            return M.camera_info_message(info, hdr, size)
+        except M.CameraInfoMismatch as e:
+            self.camera_info_errors[str(e)] += 1
+            return None
+
     def arrays(self, thermal_msg: Any, rgb_msg: Any) -> tuple[np.ndarray, np.ndarray]:
         """(thermal H×W uint8, visible H×W×3 RGB uint8) of a pair."""
         raw = thermal_array(thermal_msg)
@@ -122,6 +147,7 @@ class FusionPipeline:
                                          class_id=self.class_id),
             gates=M.gates_message(res.gates) if self.gates else M.gates_message({}),
             debug_image=M.image_message(M.debug_image(vis, res.detections), hdr) if debug else None,
+            camera_info=self._camera_info(hdr, (w, h)),
         )
         t3 = time.perf_counter()
         self.fused += 1

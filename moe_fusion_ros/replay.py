@@ -8,6 +8,8 @@ as the input unless ``--storage``) with
 - ``/fused/image`` (``sensor_msgs/msg/Image``, mono8; rgb8 with ``--color``),
 - ``/fused/detections`` (``vision_msgs/msg/Detection2DArray``),
 - ``/fused/gates`` (``std_msgs/msg/Float32MultiArray``, with ``--gates``),
+- ``/fused/camera_info`` (``sensor_msgs/msg/CameraInfo``): the RGB camera's, when the bag has it (by default the
+  ``camera_info`` topic beside ``--rgb-topic``; ``--no-camera-info`` turns it off),
 
 each stamped with the pair's RGB header (stamp and frame_id). The bag time of an output message is the bag
 time of the input message whose arrival made its pair final (deterministic; what a live node could at best do).
@@ -37,7 +39,9 @@ from .pipeline import FusionPipeline, percentile
 from .sync import RGB, THERMAL, PairSynchronizer
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 OUT_IMAGE, OUT_DETECTIONS, OUT_GATES = "/fused/image", "/fused/detections", "/fused/gates"
+OUT_CAMERA_INFO = "/fused/camera_info"
 EXPECTED_UNPAIRED = {"no_partner_within_slop", "superseded"}
 
 
@@ -51,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, default=None, help="write a JSON report here")
     p.add_argument("--thermal-topic", default="/thermal/image_raw")
     p.add_argument("--rgb-topic", default="/camera/image_raw")
+    p.add_argument("--rgb-info-topic", default=None,
+                   help="RGB CameraInfo topic (default: camera_info beside --rgb-topic, used when present)")
+    p.add_argument("--no-camera-info", action="store_true", help="do not write /fused/camera_info")
     p.add_argument("--checkpoint", type=Path, default=None, help="model folder (default: embedded model)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -92,6 +99,28 @@ def _connections(reader: Any, topic: str) -> list[Any]:
     if bad:
         raise InputError(f"topic {topic!r} has type {', '.join(sorted(bad))}, expected {IMAGE_TYPE}")
     return conns
+
+
+def rgb_info_topic(rgb_topic: str) -> str:
+    """The image_transport sibling: ``/ns/image_raw`` → ``/ns/camera_info``."""
+    ns = rgb_topic.rsplit("/", 1)[0]
+    return f"{ns}/camera_info"
+
+
+def _info_connections(reader: Any, args: argparse.Namespace) -> tuple[list[Any], str | None, str]:
+    """(connections, topic, status) of the RGB CameraInfo; an explicitly named topic must exist."""
+    if args.no_camera_info:
+        return [], None, "disabled (--no-camera-info)"
+    topic = args.rgb_info_topic or rgb_info_topic(args.rgb_topic)
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        if args.rgb_info_topic is not None:
+            raise InputError(f"--rgb-info-topic {topic!r} not in bag")
+        return [], topic, "not in bag"
+    bad = {c.msgtype for c in conns if c.msgtype != CAMERA_INFO_TYPE}
+    if bad:
+        raise InputError(f"topic {topic!r} has type {', '.join(sorted(bad))}, expected {CAMERA_INFO_TYPE}")
+    return conns, topic, "used"
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -198,6 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         th_conns = _connections(reader, args.thermal_topic)
         rgb_conns = _connections(reader, args.rgb_topic)
+        info_conns, info_topic, info_status = _info_connections(reader, args)
         _prepare_out(args.out, args.overwrite)
         engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
                               score_threshold=args.score_threshold)
@@ -207,8 +237,10 @@ def _run(args: argparse.Namespace) -> int:
         ts = typestore_for(args.distro)
         in_ts = typestore_for("jazzy")  # sensor_msgs/Image is identical in every ROS 2 distro
         stream_of = {c.id: THERMAL for c in th_conns} | {c.id: RGB for c in rgb_conns}
-        total = sum(c.msgcount for c in th_conns + rgb_conns)
-        counts = {args.thermal_topic: 0, args.rgb_topic: 0}
+        info_ids = {c.id for c in info_conns}
+        total = sum(c.msgcount for c in th_conns + rgb_conns + info_conns)
+        counts = {args.thermal_topic: 0, args.rgb_topic: 0} | ({info_topic: 0} if info_conns else {})
+        info_written = 0
         read_errors: list[dict[str, Any]] = []
         pair_log: list[dict[str, Any]] = []
         metrics = _Metrics(args.metrics_mode, not args.no_metrics)
@@ -221,9 +253,10 @@ def _run(args: argparse.Namespace) -> int:
             c_det = writer.add_connection(OUT_DETECTIONS, "vision_msgs/msg/Detection2DArray", typestore=ts)
             c_gates = writer.add_connection(OUT_GATES, "std_msgs/msg/Float32MultiArray", typestore=ts) \
                 if args.gates else None
+            c_info = writer.add_connection(OUT_CAMERA_INFO, CAMERA_INFO_TYPE, typestore=ts) if info_conns else None
 
             def handle(pairs: list, log_time: int) -> bool:
-                nonlocal written
+                nonlocal written, info_written
                 for p in pairs:
                     out = pipe.process(p.thermal, p.rgb)
                     entry = {"thermal_stamp_ns": p.thermal_stamp_ns, "rgb_stamp_ns": p.rgb_stamp_ns,
@@ -237,6 +270,10 @@ def _run(args: argparse.Namespace) -> int:
                     if c_gates is not None:
                         gtype = "std_msgs/msg/Float32MultiArray"
                         writer.write(c_gates, log_time, ts.serialize_cdr(build(ts, gtype, out.gates), gtype))
+                    if c_info is not None and out.camera_info is not None:
+                        writer.write(c_info, log_time, ts.serialize_cdr(build(ts, CAMERA_INFO_TYPE, out.camera_info),
+                                                                        CAMERA_INFO_TYPE))
+                        info_written += 1
                     written += 1
                     if metrics.error is None and pipe.last_arrays is not None:
                         metrics.add(*_metric_inputs(*pipe.last_arrays))
@@ -251,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
                 bar = tqdm(total=total, desc="replay", unit="msg", file=sys.stderr)
             last_time = 0
             try:
-                for conn, log_time, raw in reader.messages(connections=th_conns + rgb_conns):
+                for conn, log_time, raw in reader.messages(connections=th_conns + rgb_conns + info_conns):
                     last_time = log_time
                     counts[conn.topic] += 1
                     if bar is not None:
@@ -261,6 +298,9 @@ def _run(args: argparse.Namespace) -> int:
                     except Exception as e:  # a corrupt message is counted and skipped
                         read_errors.append({"topic": conn.topic, "log_time_ns": log_time,
                                             "reason": f"undecodable message: {type(e).__name__}: {e}"})
+                        continue
+                    if conn.id in info_ids:
+                        pipe.set_camera_info(msg)
                         continue
                     if not handle(pipe.add(stream_of[conn.id], msg), log_time):
                         stopped_early = True
@@ -298,6 +338,8 @@ def _run(args: argparse.Namespace) -> int:
                    for f in pipe.failures],
         "read_errors": read_errors,
         "resized_thermal": pipe.resized,
+        "camera_info": {"topic": info_topic, "status": info_status, "written": info_written,
+                        "not_written": dict(pipe.camera_info_errors)},
         "latency_ms": pipe.latency_summary(),
         "throughput": {"pairs_per_s": written / elapsed if elapsed > 0 else None,
                        "pipeline_pairs_per_s": 1e3 / percentile(fused_ms, 50) if fused_ms else None,
@@ -321,6 +363,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  failed pair rgb {f.rgb_stamp_ns}: {f.reason}", file=sys.stderr)
     for e in read_errors[:10]:
         print(f"  read error: {e['reason']}", file=sys.stderr)
+    for reason, n in pipe.camera_info_errors.items():
+        print(f"  /fused/camera_info not written for {n} frame(s): {reason}", file=sys.stderr)
     if written == 0 and sum(counts.values()) > 0 and not pair_log:
         print("  no pair was made: check --slop / --thermal-offset and the stamps of both topics", file=sys.stderr)
     return 1 if problems else 0

@@ -94,3 +94,51 @@ def test_rosbags_roundtrip_of_all_outgoing_messages(distro):
     assert bg.layout.dim[0].label == "moge" and bg.data.tolist() == [0.25, 0.75]
     with pytest.raises(ValueError, match="no field"):
         build(ts, "sensor_msgs/msg/Image", {"pixels": 1})
+
+
+def camera_info(width=64, height=48, k0=500.0, binning=0, roi=(0, 0, 0, 0)):
+    """A CameraInfo-shaped object (rclpy and rosbags messages have these fields)."""
+    k = np.array([k0, 0, 32, 0, k0, 24, 0, 0, 1], float)
+    p = np.array([k0, 0, 32, 0, 0, k0, 24, 0, 0, 0, 1, 0], float)
+    return SimpleNamespace(
+        header=SimpleNamespace(stamp=SimpleNamespace(sec=1, nanosec=2), frame_id="cam_old"),
+        width=width, height=height, distortion_model="plumb_bob", d=np.array([0.1, -0.2, 0, 0, 0.03]), k=k,
+        r=np.eye(3).reshape(-1), p=p, binning_x=binning, binning_y=binning,
+        roi=SimpleNamespace(x_offset=roi[0], y_offset=roi[1], width=roi[2], height=roi[3], do_rectify=False))
+
+
+def test_camera_info_is_the_rgb_calibration_with_the_fused_header():
+    h = M.header(STAMP, "camera")
+    info = camera_info()
+    out = M.camera_info_message(info, h, (64, 48))
+    assert out["header"] == h and (out["width"], out["height"]) == (64, 48)
+    assert out["distortion_model"] == "plumb_bob"
+    for name in ("d", "k", "r", "p"):
+        assert np.array_equal(out[name], getattr(info, name))
+    out["k"][0] = 1.0  # a copy: the held message is not changed
+    assert info.k[0] == 500.0
+    uncalibrated = camera_info(width=0, height=0, k0=0.0)  # REP-104 uncalibrated camera: passed on as is
+    assert M.camera_info_message(uncalibrated, h, (64, 48))["width"] == 0
+    binned = camera_info(width=128, height=96, binning=2)  # a 2x2-binned 64x48 image of a 128x96 calibration
+    assert M.camera_info_message(binned, h, (64, 48))["binning_x"] == 2
+
+
+def test_camera_info_for_another_resolution_is_refused():
+    h = M.header(STAMP, "camera")
+    with pytest.raises(M.CameraInfoMismatch, match="640x480 but the image is 64x48"):
+        M.camera_info_message(camera_info(width=640, height=480), h, (64, 48))
+    bad = camera_info()
+    bad.k = bad.k[:6]
+    with pytest.raises(M.CameraInfoMismatch, match=r"camera_info.k has 6 values, expected 9"):
+        M.camera_info_message(bad, h, (64, 48))
+
+
+@pytest.mark.parametrize("distro", ["humble", "jazzy"])
+def test_camera_info_roundtrips_through_rosbags(distro):
+    ts = typestore_for(distro)
+    t = "sensor_msgs/msg/CameraInfo"
+    out = M.camera_info_message(camera_info(), M.header(STAMP, "camera"), (64, 48))
+    back = ts.deserialize_cdr(ts.serialize_cdr(build(ts, t, out), t), t)
+    assert (back.header.frame_id, back.width, back.height, back.distortion_model) == ("camera", 64, 48, "plumb_bob")
+    assert back.k.tolist() == camera_info().k.tolist() and back.d.tolist() == [0.1, -0.2, 0, 0, 0.03]
+    assert back.p.tolist() == camera_info().p.tolist()

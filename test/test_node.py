@@ -60,11 +60,11 @@ def test_descriptors_carry_types_ranges_and_read_only():
     assert descriptor(SPECS["model.device"]).read_only
 
 
-def test_node_publishes_fused_image_and_detections_with_the_rgb_header(ros, checkpoint):
+def test_node_publishes_fused_image_detections_and_camera_info_with_the_rgb_header(ros, checkpoint):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import Image
+    from sensor_msgs.msg import CameraInfo, Image
     from vision_msgs.msg import Detection2DArray
 
     from moe_fusion_ros.node import FusionNode
@@ -74,11 +74,13 @@ def test_node_publishes_fused_image_and_detections_with_the_rgb_header(ros, chec
         Parameter("model.warmup_iters", value=0), Parameter("qos.input_reliability", value="reliable"),
         Parameter("processing.mode", value="all")])
     helper = rclpy.create_node("moe_fusion_test_helper")
-    got: dict[str, list] = {"image": [], "det": []}
+    got: dict[str, list] = {"image": [], "det": [], "info": []}
     helper.create_subscription(Image, "fused/image", lambda m: got["image"].append(m), 10)
     helper.create_subscription(Detection2DArray, "fused/detections", lambda m: got["det"].append(m), 10)
+    helper.create_subscription(CameraInfo, "fused/camera_info", lambda m: got["info"].append(m), 10)
     pub_t = helper.create_publisher(Image, "thermal/image_raw", 10)
     pub_r = helper.create_publisher(Image, "rgb/image_raw", 10)
+    pub_i = helper.create_publisher(CameraInfo, "rgb/camera_info", 10)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     ex.add_node(helper)
@@ -92,6 +94,10 @@ def test_node_publishes_fused_image_and_detections_with_the_rgb_header(ros, chec
         for k in range(3):  # the third pair makes the first two final
             pub_t.publish(image(T0 + k * 40 * MS + 3 * MS, "thermal",
                                 (rng.integers(0, 4000, (48, 64)) + 28000).astype(np.uint16), "mono16"))
+            info = CameraInfo(width=64, height=48, distortion_model="plumb_bob")
+            info.header.stamp.sec, info.header.stamp.nanosec = (T0 + k * 40 * MS) // 10**9, (T0 + k * 40 * MS) % 10**9
+            info.k = [300.0, 0.0, 32.0, 0.0, 300.0, 24.0, 0.0, 0.0, 1.0]
+            pub_i.publish(info)
             pub_r.publish(image(T0 + k * 40 * MS, "camera_optical", rng.integers(0, 255, (48, 64, 3)).astype(np.uint8),
                                 "rgb8"))
             ex.spin_once(timeout_sec=0.05)
@@ -104,6 +110,7 @@ def test_node_publishes_fused_image_and_detections_with_the_rgb_header(ros, chec
         assert first.header.frame_id == "camera_optical"
         assert (first.width, first.height, first.encoding) == (64, 48, "mono8")
         assert got["det"][0].header == first.header
+        assert got["info"] and got["info"][0].header == first.header and got["info"][0].k[0] == 300.0
     finally:
         node.trigger_deactivate()
         node.trigger_cleanup()

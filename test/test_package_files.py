@@ -91,7 +91,8 @@ def test_launch_file_declares_the_arguments_and_passes_them():
         if _call_name(c) == "DeclareLaunchArgument":
             kw = {k.arg for k in c.keywords}
             declared[c.args[0].value] = kw
-    want = {"namespace", "thermal_topic", "rgb_topic", "params_file", "device", "use_sim_time", "log_level"}
+    want = {"namespace", "thermal_topic", "rgb_topic", "rgb_info_topic", "params_file", "device", "use_sim_time",
+            "log_level"}
     assert want <= set(declared), want - set(declared)
     assert all("description" in kw for kw in declared.values())
     used = {c.args[0].value for c in calls if _call_name(c) == "LaunchConfiguration"}
@@ -108,7 +109,7 @@ def test_launch_file_declares_the_arguments_and_passes_them():
     param_keys = {k.value for d in ast.walk(kws["parameters"]) if isinstance(d, ast.Dict) for k in d.keys}
     assert {"use_sim_time", "model.device"} <= param_keys
     remapped = {e.elts[0].value for e in kws["remappings"].elts}
-    assert remapped == {"thermal/image_raw", "rgb/image_raw"}
+    assert remapped == {"thermal/image_raw", "rgb/image_raw", "rgb/camera_info"}
     src = (REPO / "launch" / "fusion.launch.py").read_text()
     assert "get_package_share_directory" in src and '"config", "fusion.yaml"' in src
 

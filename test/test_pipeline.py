@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -145,3 +146,31 @@ def test_node_path_benchmark_times_every_pair():
     assert len(times) == 10 and all(t > 0 for t in times)
     with pytest.raises(ValueError):
         node_path_benchmark(ir, vis, 0)
+
+
+def camera_info_msg(stamp: int, width: int, height: int, fx: float) -> SimpleNamespace:
+    hdr = SimpleNamespace(stamp=SimpleNamespace(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="camera")
+    return SimpleNamespace(header=hdr, width=width, height=height, distortion_model="plumb_bob", d=np.zeros(5),
+                           k=np.array([fx, 0, 32, 0, fx, 24, 0, 0, 1.0]), r=np.eye(3).reshape(-1),
+                           p=np.array([fx, 0, 32, 0, 0, fx, 24, 0, 0, 0, 1, 0.0]), binning_x=0, binning_y=0,
+                           roi=SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0, do_rectify=False))
+
+
+def test_camera_info_goes_out_with_the_image_of_its_stamp_and_a_wrong_one_is_counted(engine):
+    pipe = FusionPipeline(engine, slop=0.02, detections=False)
+    ir, vis = scene(48, 64, 0)
+    th = [fake_image_message(ir, T0 + k * 40 * MS + 4 * MS, "thermal") for k in range(3)]
+    rgb = [fake_image_message(vis, T0 + k * 40 * MS, "camera") for k in range(3)]
+    assert pipe.process(th[0], rgb[0]).camera_info is None  # none received yet: none published
+    for k in range(3):
+        pipe.set_camera_info(camera_info_msg(T0 + k * 40 * MS, 64, 48, 500.0 + k))
+    o = pipe.process(th[1], rgb[1])  # the info of the same stamp, not the latest
+    assert o.camera_info["header"] == o.header and o.camera_info["k"][0] == 501.0
+    later = fake_image_message(vis, T0 + 9 * 40 * MS, "camera")  # no info with this stamp: the latest
+    assert pipe.process(th[2], later).camera_info["k"][0] == 502.0
+    pipe.set_camera_info(camera_info_msg(T0 + 10 * 40 * MS, 640, 480, 500.0))  # another camera resolution
+    o = pipe.process(th[2], fake_image_message(vis, T0 + 10 * 40 * MS, "camera"))
+    assert o is not None and o.camera_info is None  # the image still goes out
+    assert pipe.camera_info_errors == {"RGB camera_info is for 640x480 but the image is 64x48": 1}
+    pipe.camera_info = False
+    assert pipe.process(th[1], rgb[1]).camera_info is None

@@ -13,6 +13,7 @@ from moe_fusion_ros.cli import main
 T0 = 1_700_000_000 * 1_000_000_000
 MS = 1_000_000
 TH, CAM = "/thermal/image_raw", "/camera/image_raw"
+CAM_INFO, INFO_TYPE = "/camera/camera_info", "sensor_msgs/msg/CameraInfo"
 
 
 @pytest.fixture(scope="session")
@@ -50,12 +51,23 @@ def write_bag(path, events, storage="sqlite3"):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
+    from moe_fusion_ros.msg_defs import build
+
     ts = get_typestore(Stores.ROS2_HUMBLE)
     T = ts.types
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     with Writer(path, version=9, storage_plugin=plugin) as w:
         conns = {}
         for i, (topic, st, arr, enc, frame) in enumerate(events):
+            if enc == "camera_info":  # arr = (width, height) of a calibrated camera
+                if topic not in conns:
+                    conns[topic] = w.add_connection(topic, INFO_TYPE, typestore=ts)
+                k = np.array([300.0, 0, arr[0] / 2, 0, 300.0, arr[1] / 2, 0, 0, 1])
+                h = {"stamp": {"sec": st // 1_000_000_000, "nanosec": st % 1_000_000_000}, "frame_id": frame}
+                msg = build(ts, INFO_TYPE, {"header": h, "width": arr[0], "height": arr[1], "k": k,
+                                            "distortion_model": "plumb_bob", "d": np.zeros(5)})
+                w.write(conns[topic], T0 + i * 10 * MS, ts.serialize_cdr(msg, INFO_TYPE))
+                continue
             if topic not in conns:
                 conns[topic] = w.add_connection(topic, "sensor_msgs/msg/Image", typestore=ts)
             a = np.ascontiguousarray(arr)
@@ -93,7 +105,7 @@ def test_sample_bag_end_to_end(data_dir, tmp_path, checkpoint):
     assert code == 0
     want = sorted((p["thermal_stamp_ns"], p["rgb_stamp_ns"]) for p in gt["pairs"])
     assert sorted((p["thermal_stamp_ns"], p["rgb_stamp_ns"]) for p in rep["pair_list"]) == want
-    assert rep["messages_read"] == {TH: 25, CAM: 21} and rep["fused"] == 20 and rep["failed"] == []
+    assert rep["messages_read"] == {TH: 25, CAM: 21, CAM_INFO: 21} and rep["fused"] == 20 and rep["failed"] == []
     assert rep["unpaired"]["count"] == 6
     assert set(rep["unpaired"]["by_reason"]) <= {"no_partner_within_slop", "superseded"}
     for stage in ("decode", "inference", "messages", "total"):
@@ -124,6 +136,10 @@ def test_sample_bag_end_to_end(data_dir, tmp_path, checkpoint):
             assert 0 <= x.bbox.center.position.x <= 448 and 0 <= x.bbox.center.position.y <= 320
     log_times = [t for t, _ in imgs]
     assert log_times == sorted(log_times)
+    infos = bag["/fused/camera_info"]  # the RGB camera's (uncalibrated: size only) with each image's header
+    assert rep["camera_info"] == {"topic": CAM_INFO, "status": "used", "written": 20, "not_written": {}}
+    assert [(stamp(m), m.header.frame_id, m.width, m.height) for _, m in infos] == \
+        [(stamp(m), "camera", 448, 320) for _, m in imgs]
 
 
 def test_sqlite_bag_with_bad_stamps_sizes_and_encoding(tmp_path, checkpoint):
@@ -202,3 +218,24 @@ def test_corrupt_message_is_counted_and_skipped(tmp_path, checkpoint):
     assert code == 1
     assert len(rep["read_errors"]) == 1 and "undecodable" in rep["read_errors"][0]["reason"]
     assert rep["fused"] == 3 and rep["messages_read"][TH] == 4
+
+
+def test_camera_info_topic_choice_and_a_wrong_resolution(tmp_path, checkpoint, capsys):
+    ev = frames(3)
+    ev.insert(2, (CAM_INFO, T0, (32, 24), "camera_info", "camera"))  # fits the 32x24 images
+    ev.append((CAM_INFO, T0 + 80 * MS, (640, 480), "camera_info", "camera"))  # another resolution
+    write_bag(tmp_path / "in", ev)
+    code, rep = replay(tmp_path / "in", tmp_path / "out", checkpoint)
+    assert code == 0 and rep["fused"] == 3
+    info = read_bag(tmp_path / "out")["/fused/camera_info"]
+    assert [(stamp(m), m.width, m.k[0]) for _, m in info] == [(T0, 32, 300.0), (T0 + 40 * MS, 32, 300.0)]
+    assert rep["camera_info"]["not_written"] == {"RGB camera_info is for 640x480 but the image is 32x24": 1}
+    assert "/fused/camera_info not written for 1 frame(s): RGB camera_info is for 640x480" in capsys.readouterr().err
+    code, rep = replay(tmp_path / "in", tmp_path / "off", checkpoint, "--no-camera-info")
+    assert code == 0 and "/fused/camera_info" not in read_bag(tmp_path / "off")
+    assert rep["camera_info"]["status"] == "disabled (--no-camera-info)"
+    write_bag(tmp_path / "noinfo", frames(2))  # no camera_info in the bag: images only, and the report says so
+    code, rep = replay(tmp_path / "noinfo", tmp_path / "out2", checkpoint)
+    assert code == 0 and rep["camera_info"]["status"] == "not in bag"
+    code, _ = replay(tmp_path / "noinfo", tmp_path / "out3", checkpoint, "--rgb-info-topic", "/camera/info")
+    assert code == 2 and "--rgb-info-topic '/camera/info' not in bag" in capsys.readouterr().err
