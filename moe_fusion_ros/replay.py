@@ -43,6 +43,9 @@ CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 OUT_IMAGE, OUT_DETECTIONS, OUT_GATES = "/fused/image", "/fused/detections", "/fused/gates"
 OUT_CAMERA_INFO = "/fused/camera_info"
 EXPECTED_UNPAIRED = {"no_partner_within_slop", "superseded"}
+# rosbag2 metadata version written per distribution. rosbags writes 8 or 9; version 9 stores the offered QoS
+# profiles as a YAML list, which Humble's rosbag2 (it writes version 5, QoS as a string) does not parse.
+BAG_VERSION = {"humble": 8, "jazzy": 9}
 
 
 class InputError(Exception):
@@ -69,7 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color", action="store_true", help="publish rgb8 colour fused images")
     p.add_argument("--gates", action="store_true", help="also write /fused/gates")
     p.add_argument("--storage", choices=["same", "mcap", "sqlite3"], default="same", help="output storage")
-    p.add_argument("--distro", choices=["jazzy", "humble"], default="jazzy", help="message definitions to write")
+    p.add_argument("--distro", choices=sorted(BAG_VERSION), default="jazzy",
+                   help="ROS 2 distribution that reads the output: its message definitions and rosbag2 metadata "
+                        "version (humble: 8, QoS profiles as a YAML string; jazzy: 9)")
     p.add_argument("--metrics-mode", choices=["paper", "standard"], default="paper", help="fusion metrics mode")
     p.add_argument("--no-metrics", action="store_true", help="skip the fusion metrics")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
@@ -247,7 +252,8 @@ def _run(args: argparse.Namespace) -> int:
         written = 0
         stopped_early = False
         t_start = time.perf_counter()
-        writer = Writer(args.out, version=9, storage_plugin=_storage_plugin(reader, args.storage))
+        writer = Writer(args.out, version=BAG_VERSION[args.distro],
+                        storage_plugin=_storage_plugin(reader, args.storage))
         with writer:
             c_img = writer.add_connection(OUT_IMAGE, IMAGE_TYPE, typestore=ts)
             c_det = writer.add_connection(OUT_DETECTIONS, "vision_msgs/msg/Detection2DArray", typestore=ts)

@@ -239,3 +239,19 @@ def test_camera_info_topic_choice_and_a_wrong_resolution(tmp_path, checkpoint, c
     assert code == 0 and rep["camera_info"]["status"] == "not in bag"
     code, _ = replay(tmp_path / "noinfo", tmp_path / "out3", checkpoint, "--rgb-info-topic", "/camera/info")
     assert code == 2 and "--rgb-info-topic '/camera/info' not in bag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("distro", "version", "qos_type"), [("humble", 8, str), ("jazzy", 9, list)])
+def test_output_bag_metadata_follows_the_distro(tmp_path, checkpoint, distro, version, qos_type):
+    import yaml
+
+    write_bag(tmp_path / "in", frames(2, th_dtype=np.uint8))
+    code, rep = replay(tmp_path / "in", tmp_path / "out", checkpoint, "--distro", distro, "--no-metrics")
+    assert code == 0 and rep["fused"] == 2
+    meta = yaml.safe_load((tmp_path / "out" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert meta["version"] == version
+    topics = {t["topic_metadata"]["name"]: t for t in meta["topics_with_message_count"]}
+    assert topics["/fused/image"]["message_count"] == 2
+    # Humble's rosbag2 reads offered_qos_profiles as a string; version 9 writes a list
+    assert all(isinstance(t["topic_metadata"]["offered_qos_profiles"], qos_type) for t in topics.values())
+    assert len(read_bag(tmp_path / "out")["/fused/detections"]) == 2
