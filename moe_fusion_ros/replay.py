@@ -95,14 +95,16 @@ def _open_reader(bag: Path) -> Any:
     return reader
 
 
-def _connections(reader: Any, topic: str) -> list[Any]:
+def _connections(reader: Any, topic: str, msgtype: str = IMAGE_TYPE) -> list[Any]:
+    """The bag's connections of ``topic``, which must exist and carry ``msgtype``."""
     conns = [c for c in reader.connections if c.topic == topic]
     if not conns:
-        images = sorted({c.topic for c in reader.connections if c.msgtype == IMAGE_TYPE})
-        raise InputError(f"topic {topic!r} not in bag; image topics present: {', '.join(images) or 'none'}")
-    bad = {c.msgtype for c in conns if c.msgtype != IMAGE_TYPE}
+        present = sorted({c.topic for c in reader.connections if c.msgtype == msgtype})
+        raise InputError(f"topic {topic!r} not in bag; {msgtype.rsplit('/', 1)[-1]} topics present: "
+                         f"{', '.join(present) or 'none'}")
+    bad = {c.msgtype for c in conns if c.msgtype != msgtype}
     if bad:
-        raise InputError(f"topic {topic!r} has type {', '.join(sorted(bad))}, expected {IMAGE_TYPE}")
+        raise InputError(f"topic {topic!r} has type {', '.join(sorted(bad))}, expected {msgtype}")
     return conns
 
 
@@ -117,15 +119,11 @@ def _info_connections(reader: Any, args: argparse.Namespace) -> tuple[list[Any],
     if args.no_camera_info:
         return [], None, "disabled (--no-camera-info)"
     topic = args.rgb_info_topic or rgb_info_topic(args.rgb_topic)
-    conns = [c for c in reader.connections if c.topic == topic]
-    if not conns:
+    if not any(c.topic == topic for c in reader.connections):
         if args.rgb_info_topic is not None:
             raise InputError(f"--rgb-info-topic {topic!r} not in bag")
         return [], topic, "not in bag"
-    bad = {c.msgtype for c in conns if c.msgtype != CAMERA_INFO_TYPE}
-    if bad:
-        raise InputError(f"topic {topic!r} has type {', '.join(sorted(bad))}, expected {CAMERA_INFO_TYPE}")
-    return conns, topic, "used"
+    return _connections(reader, topic, CAMERA_INFO_TYPE), topic, "used"
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -261,6 +259,9 @@ def _run(args: argparse.Namespace) -> int:
                 if args.gates else None
             c_info = writer.add_connection(OUT_CAMERA_INFO, CAMERA_INFO_TYPE, typestore=ts) if info_conns else None
 
+            def put(conn: Any, data: dict[str, Any], log_time: int) -> None:
+                writer.write(conn, log_time, ts.serialize_cdr(build(ts, conn.msgtype, data), conn.msgtype))
+
             def handle(pairs: list, log_time: int) -> bool:
                 nonlocal written, info_written
                 for p in pairs:
@@ -270,15 +271,12 @@ def _run(args: argparse.Namespace) -> int:
                     pair_log.append(entry)
                     if out is None:
                         continue
-                    writer.write(c_img, log_time, ts.serialize_cdr(build(ts, IMAGE_TYPE, out.image), IMAGE_TYPE))
-                    det_type = "vision_msgs/msg/Detection2DArray"
-                    writer.write(c_det, log_time, ts.serialize_cdr(build(ts, det_type, out.detections), det_type))
+                    put(c_img, out.image, log_time)
+                    put(c_det, out.detections, log_time)
                     if c_gates is not None:
-                        gtype = "std_msgs/msg/Float32MultiArray"
-                        writer.write(c_gates, log_time, ts.serialize_cdr(build(ts, gtype, out.gates), gtype))
+                        put(c_gates, out.gates, log_time)
                     if c_info is not None and out.camera_info is not None:
-                        writer.write(c_info, log_time, ts.serialize_cdr(build(ts, CAMERA_INFO_TYPE, out.camera_info),
-                                                                        CAMERA_INFO_TYPE))
+                        put(c_info, out.camera_info, log_time)
                         info_written += 1
                     written += 1
                     if metrics.error is None and pipe.last_arrays is not None:

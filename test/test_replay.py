@@ -239,6 +239,9 @@ def test_camera_info_topic_choice_and_a_wrong_resolution(tmp_path, checkpoint, c
     assert code == 0 and rep["camera_info"]["status"] == "not in bag"
     code, _ = replay(tmp_path / "noinfo", tmp_path / "out3", checkpoint, "--rgb-info-topic", "/camera/info")
     assert code == 2 and "--rgb-info-topic '/camera/info' not in bag" in capsys.readouterr().err
+    code, _ = replay(tmp_path / "noinfo", tmp_path / "out4", checkpoint, "--rgb-info-topic", TH)  # an image topic
+    assert code == 2 and f"topic '{TH}' has type sensor_msgs/msg/Image, expected sensor_msgs/msg/CameraInfo" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("distro", "version", "qos_type"), [("humble", 8, str), ("jazzy", 9, list)])
