@@ -92,6 +92,11 @@ class LossConfig:
     # Pixel-loss target outside the boxes of labelled frames: "mean" = (V+I)/2 (the authors' code), "max" = max(V, I)
     # everywhere, i.e. the same target as foreground (for data where few frames have boxes; see MODEL_CARD.md).
     background_target: str = "mean"
+    # Local-contrast boost of the pixel target (not in the paper; 0 = the paper's target T):
+    # T + sum_i detail_gain[i] * (T - GaussianBlur_{detail_sigma[i]}(T)), clipped to [0, 1]; one number or a list
+    # per band (sigma in pixels of the training crop). See MODEL_CARD.md for why.
+    detail_gain: float | tuple[float, ...] = 0.0
+    detail_sigma: float | tuple[float, ...] = 2.0
 
 
 @dataclass

@@ -267,3 +267,27 @@ def test_missing_checkpoint_and_unavailable_cuda_are_clear_errors(tmp_path, chec
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             FusionEngine(checkpoint, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none; run on a GPU machine)")
+def test_cuda_fp32_fp16_bf16_match_the_cpu_fp32_reference(data_dir):
+    """The shipped model on a real MSRS pair: CUDA output at each precision against CPU fp32, gates summing to 1,
+    and batched CUDA calls equal to single ones."""
+    ir = read_ir(data_dir / "msrs" / "ir" / "00004N.png")
+    vis = read_vis(data_dir / "msrs" / "vis" / "00004N.png")
+    ref = FusionEngine(device="cpu").fuse(ir, vis)
+    for precision, mean_tol, max_tol in (("fp32", 0.05, 2), ("fp16", 0.5, 8), ("bf16", 1.5, 16)):
+        eng = FusionEngine(device="cuda", precision=precision)
+        out = eng.fuse(ir, vis)
+        diff = np.abs(out.fused.astype(int) - ref.fused.astype(int))
+        assert diff.mean() < mean_tol and diff.max() <= max_tol, (precision, diff.mean(), diff.max())
+        for name, w in out.gates.items():
+            assert w.dtype == np.float32 and abs(float(w.sum()) - 1.0) < 1e-4, (precision, name)
+            np.testing.assert_allclose(w, ref.gates[name], atol=5e-3 if precision != "fp32" else 1e-4)
+        if precision == "fp32":  # half precision may move a box across the score threshold
+            assert len(out.detections) == len(ref.detections)
+            for a, b in zip(out.detections, ref.detections):
+                assert a.class_name == b.class_name and np.allclose(a.box, b.box, atol=1.0)
+        batch = eng.fuse_batch([(ir, vis), (ir, vis)])
+        for b in batch:
+            assert np.abs(b.fused.astype(int) - out.fused.astype(int)).max() <= 1, precision

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from moe_fusion_core.config import LossConfig
-from moe_fusion_core.losses import box_mask, fusion_loss, gradient_loss, pixel_loss, sobel_gradient
+from moe_fusion_core.config import LossConfig, load_config
+from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
+from moe_fusion_core.losses import (
+    boost_detail,
+    box_mask,
+    fusion_loss,
+    gradient_loss,
+    pixel_loss,
+    pixel_target,
+    sobel_gradient,
+)
 
 
 def images(seed: int = 0, b: int = 2, h: int = 24, w: int = 32) -> tuple[torch.Tensor, ...]:
@@ -124,3 +134,57 @@ def test_background_target_max_uses_max_outside_boxes_too():
     assert as_max.pixel.item() != pytest.approx(paper.pixel.item(), rel=1e-3)
     with pytest.raises(ValueError, match="background_target"):
         fusion_loss(f, v, i, boxes, load, LossConfig(background_target="min"))
+
+
+@pytest.fixture(scope="module")
+def msrs_max(data_dir) -> np.ndarray:
+    """max(V, I) of a real MSRS pair, a 160×200 crop, in [0, 1]."""
+    ir = read_ir(data_dir / "msrs" / "ir" / "00004N.png")
+    vis = rgb_to_luma(read_vis(data_dir / "msrs" / "vis" / "00004N.png"))
+    return np.maximum(ir, vis)[200:360, 300:500].astype(np.float64) / 255
+
+
+def test_detail_boost_is_unsharp_masking_with_opencvs_gaussian_blur(msrs_max):
+    """The loss's target equals the rule that training/detail_target.py scores (cv2 blur, reflected borders)."""
+    t = torch.from_numpy(msrs_max)[None, None]
+    for gain, sigma in ((0.3, 9.0), (0.5, 1.0)):
+        ref = np.clip(msrs_max + gain * (msrs_max - cv2.GaussianBlur(msrs_max, (0, 0), sigma)), 0, 1)
+        np.testing.assert_allclose(boost_detail(t, gain, sigma)[0, 0].numpy(), ref, atol=2e-3)
+    boosted = boost_detail(t, 0.3, 9.0)
+    assert boosted.std() > t.std() * 1.01  # more local contrast …
+    assert abs(boosted.mean() - t.mean()) < 0.01  # … around the same brightness
+
+
+def test_detail_boost_of_zero_keeps_the_papers_target_and_bands_add_up(msrs_max):
+    t = torch.from_numpy(msrs_max)[None, None]
+    assert torch.equal(boost_detail(t, 0.0, 2.0), t) and torch.equal(boost_detail(t, [0.0, 0.0], [1.0, 9.0]), t)
+    two = boost_detail(t, [0.3, 0.2], [1.0, 9.0])
+    one, other = boost_detail(t, 0.3, 1.0) - t, boost_detail(t, 0.2, 9.0) - t
+    inside = (two > 0) & (two < 1) & (t + one + other > 0) & (t + one + other < 1)
+    torch.testing.assert_close(two[inside], (t + one + other)[inside])
+
+
+def test_detail_boost_rejects_bad_settings_by_name():
+    t = torch.rand(1, 1, 40, 40)
+    with pytest.raises(ValueError, match=r"loss\.detail_gain"):
+        boost_detail(t, [0.3, 0.2], [9.0])
+    with pytest.raises(ValueError, match=r"loss\.detail_gain"):
+        boost_detail(t, -0.1, 2.0)
+    with pytest.raises(ValueError, match=r"loss\.detail_gain"):
+        boost_detail(t, 0.3, 0.0)
+    with pytest.raises(ValueError, match="too small"):
+        boost_detail(torch.rand(1, 1, 20, 20), 0.3, 9.0)
+
+
+def test_fusion_loss_uses_the_configured_detail_boost(tmp_path):
+    f, v, i = images(4, h=48, w=64)
+    boxes = [torch.zeros(0, 4)] * 2
+    plain = fusion_loss(f, v, i, boxes, torch.zeros(()), LossConfig(background_target="max"))
+    cfg = LossConfig(background_target="max", detail_gain=0.3, detail_sigma=2.0)
+    boosted = fusion_loss(f, v, i, boxes, torch.zeros(()), cfg)
+    target = boost_detail(pixel_target(v, i, torch.ones(2, 1, 48, 64), "max"), 0.3, 2.0)
+    assert boosted.pixel.item() == pytest.approx((f - target).abs().mean().item(), rel=1e-6)  # fp32 inside
+    assert boosted.pixel.item() != pytest.approx(plain.pixel.item(), rel=1e-3)
+    (tmp_path / "c.yaml").write_text("base: embedded\nloss: {detail_gain: [0.3, 0.2], detail_sigma: [1.0, 9.0]}\n")
+    loaded = load_config(tmp_path / "c.yaml").loss
+    assert list(loaded.detail_gain) == [0.3, 0.2] and list(loaded.detail_sigma) == [1.0, 9.0]
