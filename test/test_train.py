@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -170,3 +171,17 @@ def test_default_model_was_trained_with_its_documented_recipe():
     assert shipped.loss == recipe.loss
     assert shipped.train == recipe.train
     assert shipped.model == recipe.model
+
+
+def test_detail_target_script_scores_the_rule_against_the_baselines(data_dir):
+    """training/detail_target.py: a zero-gain rule scores exactly as max fusion; a positive gain changes SD/VIF."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("detail_target", REPO / "training" / "detail_target.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.score_folder(data_dir / "tno", [(0.0, 8.0), (0.3, 8.0)], 2)
+    assert set(res) == {"average", "max", "max+0·detail(σ=8)", "max+0.3·detail(σ=8)"}
+    np.testing.assert_array_equal(res["max+0·detail(σ=8)"], res["max"])
+    boosted = res["max+0.3·detail(σ=8)"]
+    assert boosted[2] > res["max"][2] and boosted[5] > res["max"][5]  # SD and AG rise with local contrast
