@@ -63,8 +63,7 @@ class FusionPipeline:
         self.frame_id = frame_id
         self.keep_unpaired = keep_unpaired
         self.camera_info = camera_info
-        self.rgb_camera_info: Any = None  # the latest
-        self._camera_infos: OrderedDict[int, Any] = OrderedDict()  # by stamp, the last CAMERA_INFO_KEEP
+        self._camera_infos: OrderedDict[int, Any] = OrderedDict()  # by stamp, oldest first, the last CAMERA_INFO_KEEP
         self.camera_info_errors: Counter = Counter()
         self.unpaired: list[Unpaired] = []
         self.unpaired_counts: Counter = Counter()
@@ -94,16 +93,19 @@ class FusionPipeline:
 
     def set_camera_info(self, msg: Any) -> None:
         """Offer one RGB ``CameraInfo``; it goes out with the fused image of the same stamp (or later ones)."""
-        self.rgb_camera_info = msg
-        self._camera_infos[stamp_ns(msg)] = msg
+        stamp = stamp_ns(msg)
+        self._camera_infos[stamp] = msg
+        self._camera_infos.move_to_end(stamp)  # the last entry is always the latest offered
         while len(self._camera_infos) > CAMERA_INFO_KEEP:
             self._camera_infos.popitem(last=False)
 
     # ------------------------------------------------------------------ processing
     def _camera_info(self, hdr: dict[str, Any], size: tuple[int, int]) -> dict[str, Any] | None:
-        if not self.camera_info or self.rgb_camera_info is None:
+        if not self.camera_info or not self._camera_infos:
             return None
-        info = self._camera_infos.get(M.header_stamp_ns(hdr), self.rgb_camera_info)
+        info = self._camera_infos.get(M.header_stamp_ns(hdr))
+        if info is None:
+            info = next(reversed(self._camera_infos.values()))
         try:
             return M.camera_info_message(info, hdr, size)
         except M.CameraInfoMismatch as e:

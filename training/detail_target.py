@@ -19,7 +19,7 @@ import numpy as np
 
 from moe_fusion_core.evaluate import baseline_images
 from moe_fusion_core.image_io import pair_by_stem, read_ir, read_vis
-from moe_fusion_core.metrics.fusion import score_all, to_grey_u8
+from moe_fusion_core.metrics.fusion import METRIC_NAMES, score_all, to_grey_u8
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -54,11 +54,10 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=11, help="pairs per folder, spread evenly")
     args = p.parse_args()
     bands = [(float(b.split(":")[0]), float(b.split(":")[1])) for b in args.bands]
-    names = ("EN", "SF", "SD", "MI", "VIF", "AG", "SCD", "Qabf")
     for root in args.data:
         res = score_folder(root, bands, args.pairs)
         print(f"\n{root.name} (paper mode, mean of {args.pairs} pairs)")
-        print(f"{'rule':32s}" + "".join(f"{k:>9s}" for k in names) + "  wins")
+        print(f"{'rule':32s}" + "".join(f"{k:>9s}" for k in METRIC_NAMES) + "  wins")
         avg, mx = res["average"], res["max"]
         for name, m in res.items():
             wins = int(((m > avg) & (m > mx)).sum())
