@@ -8,7 +8,6 @@ the benchmark measures exactly the code that serves requests:
 - ``encoders``, ``mole`` (fg + bg), ``moge``: the fusion head;
 - ``detection_heads``: RPN + RoI heads of both detectors (skipped in ``fused_only``);
 - ``end_to_end``: ``FusionEngine.fuse_batch`` with detections; ``fused_only``: without;
-- ``node_path``: the ROS-free node path at that size (decode messages, pair, build output messages), no model.
 
 FLOPs are counted with ``torch.utils.flop_counter`` on one forward pass (not estimated); the achieved fraction
 compares FLOPs/latency with the throughput of a large 3×3 convolution measured on the same device/precision.
@@ -49,7 +48,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--iters", type=int, default=20, help="timed iterations per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
-    p.add_argument("--no-node-path", action="store_true", help="skip the ROS-free node path rows")
     p.add_argument("--json", type=Path, default=None, help="write the rows as a JSON list")
     p.add_argument("--pair-dir", type=Path, default=None,
                    help="dataset folder with ir/ and vis/ whose first pair is timed (default ../shared/data/msrs)")
@@ -196,18 +194,6 @@ def bench_model(engine, size: tuple[int, int], batch: int, iters: int, warmup: i
     return rows
 
 
-def bench_node_path(size: tuple[int, int], iters: int, pair_dir: Path | None = None) -> dict[str, Any] | None:
-    """Time the ROS-free node path (decode + normalise + pair + build messages) without the model."""
-    try:
-        from moe_fusion_ros.pipeline import node_path_benchmark
-    except ImportError:
-        return None
-    ir, vis = real_pair(size, pair_dir)
-    times = node_path_benchmark(ir, vis, iters)
-    return {"stage": "node_path", "p50_ms": _pct(times, 50), "p95_ms": _pct(times, 95),
-            "pairs_per_s": 1e3 / _pct(times, 50)}
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     cols = ["config", "device", "size", "batch", "precision", "stage", "p50_ms", "p95_ms", "pairs_per_s",
             "gflops_per_pair", "achieved_fraction", "peak_mem_mb"]
@@ -258,12 +244,6 @@ def run(args: argparse.Namespace) -> int:
                 label = {"config": name, "device": dev_name, "size": f"{size[0]}x{size[1]}", "batch": b,
                          "precision": prec}
                 rows += bench_model(engine, size, b, args.iters, args.warmup, label, args.pair_dir)
-    if not args.no_node_path:
-        for size in sizes:
-            r = bench_node_path(size, max(args.iters, 50), args.pair_dir)
-            if r is not None:
-                rows.append({"config": "-", "device": "cpu", "size": f"{size[0]}x{size[1]}", "batch": 1,
-                             "precision": "-", **r})
     print_table(rows)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

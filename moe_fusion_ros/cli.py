@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("moe_fusion_ros.replay", "replay a rosbag2 through the fusion pipeline (no ROS needed)"),
     "bench": ("moe_fusion_core.bench", "latency / throughput benchmark per stage"),
     "info": ("moe_fusion_core.info", "parameter counts per component and the config"),
+    "register": ("moe_fusion_core.registration",
+                 "thermal-to-RGB homography from clicked point pairs, as a ROS parameter file"),
     "export": ("moe_fusion_core.checkpoint", "re-save a checkpoint for deployment (fp16 safetensors + config)"),
 }
 

@@ -12,6 +12,11 @@ The node copies these into rclpy messages and bag replay into rosbags messages, 
   ``mole_fg, mole_bg, moge``; ``layout.dim[i]`` names gate *i* (``label``) and its number of experts (``size`` =
   ``stride``), so gate *i* is ``data[sum(size[:i]) : sum(size[:i+1])]``.
 - ``fused/debug_image``: the RGB input with boxes, class names and scores drawn (``rgb8``).
+- ``fused/status`` (``diagnostic_msgs/DiagnosticArray``): one per fused image, same header; one status named
+  ``moe_fusion: inputs`` with level OK when both inputs were fused and WARN when one was missing, message
+  ``fused`` / ``rgb only (thermal missing)`` / ``thermal only (rgb missing)``, and values ``thermal`` and
+  ``rgb`` = ``ok`` or ``missing``, and ``thermal_stamp_ns``, the header stamp of the thermal image that was
+  fused (message_filters can pair it with ``fused/image`` by stamp).
 - ``fused/camera_info`` (``sensor_msgs/CameraInfo``): the RGB camera's calibration with the fused image's header.
   The fused pixels are the RGB image's pixels (same size, no resampling), so K, D, R, P, binning and ROI are
   copied unchanged; image_pipeline consumers pair it with ``fused/image`` by stamp (ros2_conventions §2.5).
@@ -26,6 +31,9 @@ from typing import Any
 import numpy as np
 
 LAYOUTS = ("humble", "jazzy", "galactic")
+INPUT_OK, INPUT_MISSING = "ok", "missing"
+STATUS_NAME = "moe_fusion: inputs"
+LEVEL_OK, LEVEL_WARN = 0, 1  # diagnostic_msgs/DiagnosticStatus levels
 CLASS_ID_MODES = ("name", "index")
 GATE_ORDER = ("mole_fg", "mole_bg", "moge")
 
@@ -147,6 +155,22 @@ def gates_message(gates: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {"layout": {"dim": dims, "data_offset": 0}, "data": flat}
 
 
+def status_message(hdr: Mapping[str, Any], inputs: Mapping[str, str], thermal_stamp_ns: int | None = None
+                   ) -> dict[str, Any]:
+    """``diagnostic_msgs/DiagnosticArray`` saying which inputs went into one fused image (layout above)."""
+    missing = [k for k in ("thermal", "rgb") if inputs.get(k) != INPUT_OK]
+    if not missing:
+        level, text = LEVEL_OK, "fused"
+    else:
+        alive = [k for k in ("thermal", "rgb") if k not in missing]
+        level, text = LEVEL_WARN, f"{alive[0] if alive else 'nothing'} only ({', '.join(missing)} missing)"
+    values = [{"key": k, "value": str(inputs.get(k, INPUT_MISSING))} for k in ("thermal", "rgb")]
+    if thermal_stamp_ns is not None:
+        values.append({"key": "thermal_stamp_ns", "value": str(int(thermal_stamp_ns))})
+    return {"header": dict(hdr), "status": [{"level": level, "name": STATUS_NAME, "message": text,
+                                             "hardware_id": "", "values": values}]}
+
+
 def debug_image(rgb: np.ndarray, detections: Sequence[Any]) -> np.ndarray:
     """The RGB image with boxes, class names and scores drawn (a copy)."""
     from moe_fusion_core.fuse import draw_detections
@@ -164,3 +188,4 @@ class Outgoing:
     gates: dict[str, Any]
     debug_image: dict[str, Any] | None = None
     camera_info: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None

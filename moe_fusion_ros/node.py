@@ -2,33 +2,37 @@
 
 Lifecycle node ``moe_fusion`` (``autostart`` configures and activates it in :func:`main`):
 
-- subscribes ``thermal/image_raw`` and ``rgb/image_raw`` (``sensor_msgs/Image``, QoS copied from the publisher,
-  else sensor data) through ``message_filters.Subscriber`` into the optimal approximate-time synchroniser
-  (:mod:`moe_fusion_ros.sync`);
+- configure: reads and validates the parameters, loads and warms up the model, creates the publishers (a failure
+  is logged with the exception and the node stays unconfigured); cleanup releases them;
+- activate: subscribes ``thermal/image_raw`` and ``rgb/image_raw`` (``sensor_msgs/Image``, QoS copied from the
+  publisher, else best effort) through ``message_filters.Subscriber`` into the optimal approximate-time
+  synchroniser behind an :class:`~moe_fusion_ros.inputs.InputFrontEnd` (time jumps, idle flush, a missing input);
+  deactivate stops them and the worker;
 - the synchroniser's callback only drops the pair into a latest-only slot (:mod:`moe_fusion_ros.latest`); a worker
   thread decodes, fuses and publishes, so the executor is never blocked;
-- subscribes ``rgb/camera_info`` (``output.camera_info``) and republishes the RGB calibration as
-  ``fused/camera_info`` with each fused image's header (the fused pixels are the RGB image's);
-- publishes ``fused/image`` (mono8, rgb8 with ``output.color``), ``fused/detections`` (vision_msgs
-  Detection2DArray), ``fused/gates`` (Float32MultiArray) and ``fused/debug_image`` (only while subscribed), all with
-  the RGB input's header;
-- reports inputs, sync and inference on ``/diagnostics`` (diagnostic_updater).
+- publishes ``fused/image``, ``fused/detections``, ``fused/gates``, ``fused/status``, ``fused/camera_info`` and
+  ``fused/debug_image`` (only while subscribed), all with the RGB input's header (:mod:`moe_fusion_ros.messages`);
+- reports inputs, sync and inference on ``/diagnostics`` (content: :mod:`moe_fusion_ros.health`).
 
-Parameters: :mod:`moe_fusion_ros.params` (``config/fusion.yaml``).
+Parameters: :mod:`moe_fusion_ros.params` (``config/fusion.yaml``). Messages are built from the pipeline's plain
+data by :mod:`moe_fusion_ros.convert`. SIGINT and SIGTERM end the node cleanly with exit code 0.
 """
 
 from __future__ import annotations
 
-import array
+import contextlib
+import signal
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from typing import Any
 
 try:
     import message_filters
     import rclpy
-    from diagnostic_msgs.msg import DiagnosticStatus
+    from diagnostic_msgs.msg import DiagnosticArray
     from rcl_interfaces.msg import (
         FloatingPointRange,
         IntegerRange,
@@ -36,6 +40,8 @@ try:
         ParameterType,
         SetParametersResult,
     )
+    from rclpy.clock import Clock, ClockType
+    from rclpy.executors import ExternalShutdownException
     from rclpy.lifecycle import Node as LifecycleNode
     from rclpy.lifecycle import State, TransitionCallbackReturn
     from rclpy.qos import (
@@ -46,28 +52,39 @@ try:
         qos_profile_sensor_data,
     )
     from sensor_msgs.msg import CameraInfo, Image
-    from std_msgs.msg import Float32MultiArray, MultiArrayDimension
-    from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+    from std_msgs.msg import Float32MultiArray
+    from vision_msgs.msg import Detection2D, Detection2DArray
 except ImportError as e:  # pragma: no cover - depends on the ROS installation
     raise ImportError(f"moe_fusion_ros.node needs a ROS 2 (Humble or Jazzy) environment with rclpy, message_filters, "
                       f"vision_msgs and diagnostic_msgs: source /opt/ros/<distro>/setup.bash ({e})") from e
 
+from . import health
+from .convert import to_ros
+from .inputs import InputFrontEnd, Single, matching_qos, other
 from .latest import BufferClosed, make_buffer
-from .params import DECLARATIONS, FusionParams, ParamSpec, check_change, validate
-from .pipeline import FusionPipeline, percentile
-from .sync import optimal_approximate_time_synchronizer
+from .params import DECLARATIONS, FusionParams, ParamSpec, check_change, check_value, is_ours, validate
+from .pipeline import FusionPipeline
+from .sync import RGB, THERMAL, optimal_approximate_time_synchronizer
 from .thermal import stamp_ns
 
 PARAM_TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
-               "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING}
-INPUTS = {"thermal": "thermal/image_raw", "rgb": "rgb/image_raw"}
+               "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
+               "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
+INPUTS = {THERMAL: "thermal/image_raw", RGB: "rgb/image_raw"}
 RGB_INFO = "rgb/camera_info"
+OUTPUT_TYPES = {"image": Image, "detections": Detection2DArray, "gates": Float32MultiArray,
+                "debug_image": Image, "camera_info": CameraInfo, "status": DiagnosticArray}
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """A ParameterDescriptor with type, description, range and read-only flag from a :class:`ParamSpec`."""
-    d = ParameterDescriptor(name=spec.name, type=PARAM_TYPES[spec.type], description=spec.description,
-                            read_only=spec.read_only)
+    """A ParameterDescriptor with type, description and range from a :class:`ParamSpec`.
+
+    Read-only parameters (model, device, QoS, processing mode) are not marked ``read_only`` for rclpy, which
+    would refuse them even while the node is unconfigured: :meth:`FusionNode._on_set_parameters` refuses them
+    while the node is configured, with the reason, and accepts them while unconfigured (fix, then configure)."""
+    text = spec.description + ("; read-only while configured (set it while unconfigured, then configure)"
+                               if spec.read_only else "")
+    d = ParameterDescriptor(name=spec.name, type=PARAM_TYPES[spec.type], description=text)
     if spec.range is not None and spec.type == "double":
         d.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]), to_value=float(spec.range[1]),
                                                      step=0.0)]
@@ -78,109 +95,23 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return d
 
 
-def _event_callbacks(on_incompatible: Any) -> Any:
-    try:
-        from rclpy.event_handler import SubscriptionEventCallbacks  # Iron and newer
-    except ImportError:
-        from rclpy.qos_event import SubscriptionEventCallbacks  # Humble
-    return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
-
-
-def _qos_overriding() -> dict[str, Any]:
-    try:
-        from rclpy.qos_overriding_options import QoSOverridingOptions
-
-        return {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
-    except ImportError:  # pragma: no cover
-        return {}
-
-
-# ---------------------------------------------------------------------- plain data -> ROS messages
-def to_image(d: dict[str, Any]) -> Image:
-    m = Image()
-    _fill_header(m.header, d["header"])
-    m.height, m.width, m.encoding = int(d["height"]), int(d["width"]), d["encoding"]
-    m.is_bigendian, m.step = int(d["is_bigendian"]), int(d["step"])
-    m.data = array.array("B", d["data"].tobytes())
-    return m
-
-
-def _fill_header(h: Any, d: dict[str, Any]) -> None:
-    h.stamp.sec, h.stamp.nanosec, h.frame_id = int(d["stamp"]["sec"]), int(d["stamp"]["nanosec"]), d["frame_id"]
-
-
-def to_detections(d: dict[str, Any]) -> Detection2DArray:
-    arr = Detection2DArray()
-    _fill_header(arr.header, d["header"])
-    for det in d["detections"]:
-        m = Detection2D()
-        _fill_header(m.header, det["header"])
-        c = det["bbox"]["center"]
-        if "position" in c:
-            m.bbox.center.position.x, m.bbox.center.position.y = float(c["position"]["x"]), float(c["position"]["y"])
-        else:
-            m.bbox.center.x, m.bbox.center.y = float(c["x"]), float(c["y"])
-        m.bbox.size_x, m.bbox.size_y = float(det["bbox"]["size_x"]), float(det["bbox"]["size_y"])
-        for r in det["results"]:
-            hyp = ObjectHypothesisWithPose()
-            hyp.hypothesis.class_id = r["hypothesis"]["class_id"]
-            hyp.hypothesis.score = float(r["hypothesis"]["score"])
-            m.results.append(hyp)
-        m.id = det["id"]
-        arr.detections.append(m)
-    return arr
-
-
-def to_camera_info(d: dict[str, Any]) -> CameraInfo:
-    m = CameraInfo()
-    _fill_header(m.header, d["header"])
-    m.width, m.height, m.distortion_model = int(d["width"]), int(d["height"]), d["distortion_model"]
-    m.d = [float(x) for x in d["d"]]
-    m.k, m.r, m.p = (d[k].astype("float64") for k in ("k", "r", "p"))
-    m.binning_x, m.binning_y = int(d["binning_x"]), int(d["binning_y"])
-    roi = d["roi"]
-    m.roi.x_offset, m.roi.y_offset = int(roi["x_offset"]), int(roi["y_offset"])
-    m.roi.width, m.roi.height, m.roi.do_rectify = int(roi["width"]), int(roi["height"]), bool(roi["do_rectify"])
-    return m
-
-
-def to_gates(d: dict[str, Any]) -> Float32MultiArray:
-    m = Float32MultiArray()
-    m.layout.dim = [MultiArrayDimension(label=x["label"], size=x["size"], stride=x["stride"])
-                    for x in d["layout"]["dim"]]
-    m.layout.data_offset = 0
-    m.data = array.array("f", d["data"].astype("float32").tobytes())
-    return m
-
-
 def detection_layout() -> str:
     """``jazzy`` (vision_msgs 4.x: bbox.center.position) or ``galactic`` (3.x: bbox.center.x)."""
     return "jazzy" if hasattr(Detection2D().bbox.center, "position") else "galactic"
 
 
-# ---------------------------------------------------------------------- the node
-class RateMeter:
-    """Messages per second over a sliding window (thread-safe enough for counters under the GIL)."""
+def _event_callbacks(on_incompatible: Any) -> Any:
+    try:
+        from rclpy.event_handler import SubscriptionEventCallbacks  # Iron and newer
+    except ImportError:  # pragma: no cover
+        from rclpy.qos_event import SubscriptionEventCallbacks  # Humble
+    return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)
 
-    def __init__(self, window_s: float = 5.0) -> None:
-        self.window_s = window_s
-        self.times: deque[float] = deque()
-        self.count = 0
-        self.last: float | None = None
 
-    def tick(self) -> None:
-        now = time.monotonic()
-        self.times.append(now)
-        self.count += 1
-        self.last = now
-        while self.times and now - self.times[0] > self.window_s:
-            self.times.popleft()
+def _qos_overriding() -> dict[str, Any]:
+    from rclpy.qos_overriding_options import QoSOverridingOptions
 
-    def rate(self) -> float:
-        now = time.monotonic()
-        while self.times and now - self.times[0] > self.window_s:
-            self.times.popleft()
-        return len(self.times) / self.window_s
+    return {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
 
 
 class FusionNode(LifecycleNode):
@@ -193,6 +124,7 @@ class FusionNode(LifecycleNode):
         self.params: FusionParams | None = None
         self.engine: Any = None
         self.pipeline: FusionPipeline | None = None
+        self.front: InputFrontEnd | None = None
         self.buffer: Any = None
         self.worker: threading.Thread | None = None
         self.subs: list[Any] = []
@@ -200,25 +132,32 @@ class FusionNode(LifecycleNode):
         self.sync: Any = None
         self.pubs: dict[str, Any] = {}
         self.updater: Any = None
-        self.rates = {k: RateMeter() for k in (*INPUTS, "pairs", "published")}
-        self.last_stamp: dict[str, int] = {}
+        self.hardware_id = "moe_fusion"
+        self.rates = {k: health.RateMeter() for k in (*INPUTS, "pairs", "published")}
         self.latency_ms: deque[float] = deque(maxlen=200)
         self.stamp_age_ms: deque[float] = deque(maxlen=200)
         self.incompatible_qos = 0
-        self.last_pair_time = time.monotonic()
-        self._param_cb = self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._no_pair_timer = None
+        self.last_pair_time: float | None = None
+        self.last_jump_time: float | None = None
+        self.last_skip: str | None = None
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._ticker: Any = None
+        self._ros_time = (0, time.monotonic())  # last ROS time seen by the ticker, and when it changed
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
     def _read_params(self) -> FusionParams:
         return validate({s.name: self.get_parameter(s.name).value for s in DECLARATIONS})
 
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
-        if self.params is None:  # not configured yet: checked at configure
-            return SetParametersResult(successful=True)
-        new = self.params
+        ours = [p for p in params if is_ours(p.name)]  # others (use_sim_time, qos_overrides.*, ...) are rclpy's
         try:
-            for p in params:
+            if self.params is None:  # unconfigured: any of ours may change; each value is checked now, all at configure
+                for p in ours:
+                    check_value(p.name, p.value)
+                return SetParametersResult(successful=True)
+            new = self.params
+            for p in ours:
                 new = check_change(p.name, p.value, new)
         except ValueError as e:
             return SetParametersResult(successful=False, reason=str(e))
@@ -226,44 +165,54 @@ class FusionNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _apply(self, p: FusionParams) -> None:
+        """Live parameter changes take effect from the next message / pair."""
         self.params = p
         if self.engine is not None:
             self.engine.score_threshold = p.model_score_threshold
-        if self.pipeline is not None:
-            self.pipeline.color = p.output_color
-            self.pipeline.detections = p.model_detections
-            self.pipeline.gates = p.output_gates
-            self.pipeline.class_id = p.output_class_id
-            self.pipeline.frame_id = p.output_frame_id
-            self.pipeline.camera_info = p.output_camera_info
-            self.pipeline.normalizer.cfg = p.thermal_normalization()
+        pipe = self.pipeline
+        if pipe is not None:
+            pipe.color = p.output_color
+            pipe.detections = p.model_detections
+            pipe.gates = p.output_gates
+            pipe.class_id = p.output_class_id
+            pipe.frame_id = p.output_frame_id
+            pipe.camera_info = p.output_camera_info
+            pipe.normalizer.cfg = p.thermal_normalization()
+            pipe.max_invalid_fraction = p.thermal_max_invalid_fraction
+            pipe.set_homography(p.homography())
+            pipe.sync.configure(p.sync_slop, p.sync_queue_size, p.sync_thermal_offset, p.sync_time_jump_s)
+        if self.front is not None:
+            self.front.configure(p.sync_idle_flush_s, p.inputs_missing_timeout_s, p.inputs_single_modality)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
             p = self._read_params()
             self.engine = self._load_engine(p)
-        except Exception as e:  # rclpy would swallow it: say why configure failed
-            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
+            self.pipeline = FusionPipeline(
+                self.engine, slop=p.sync_slop, queue_size=p.sync_queue_size, thermal_offset=p.sync_thermal_offset,
+                time_jump=p.sync_time_jump_s, normalization=p.thermal_normalization(), color=p.output_color,
+                detections=p.model_detections, gates=p.output_gates, layout=detection_layout(),
+                class_id=p.output_class_id, frame_id=p.output_frame_id, keep_history=False,
+                camera_info=p.output_camera_info, homography=p.homography(),
+                max_invalid_fraction=p.thermal_max_invalid_fraction)
+            self.pipeline.sync.on_reset = self._on_time_jump
+            self.pubs = self._create_publishers()
+            self._setup_diagnostics()
+        except Exception as e:  # rclpy would turn it into a silent ERROR transition: say why, always
+            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            self._release()
             return TransitionCallbackReturn.FAILURE
         self.params = p
-        self.pipeline = FusionPipeline(
-            self.engine, slop=p.sync_slop, queue_size=p.sync_queue_size, thermal_offset=p.sync_thermal_offset,
-            normalization=p.thermal_normalization(), color=p.output_color, detections=p.model_detections,
-            gates=p.output_gates, layout=detection_layout(), class_id=p.output_class_id, frame_id=p.output_frame_id,
-            keep_unpaired=False, camera_info=p.output_camera_info)
-        over = _qos_overriding()
-        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        self.pubs = {
-            "image": self.create_publisher(Image, "fused/image", reliable, **over),
-            "detections": self.create_publisher(Detection2DArray, "fused/detections",
-                                                QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE), **over),
-            "gates": self.create_publisher(Float32MultiArray, "fused/gates", 10),
-            "debug": self.create_publisher(Image, "fused/debug_image", qos_profile_sensor_data),
-            "camera_info": self.create_publisher(CameraInfo, "fused/camera_info", reliable, **over),
-        }
-        self._setup_diagnostics()
         return TransitionCallbackReturn.SUCCESS
+
+    def _create_publishers(self) -> dict[str, Any]:
+        over = _qos_overriding()
+        latest = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        every = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        qos = {"image": latest, "detections": every, "gates": every, "debug_image": qos_profile_sensor_data,
+               "camera_info": latest, "status": every}
+        return {k: self.create_publisher(OUTPUT_TYPES[k], f"fused/{k}", qos[k], **over) for k in OUTPUT_TYPES}
 
     def _load_engine(self, p: FusionParams) -> Any:
         import torch
@@ -274,7 +223,7 @@ class FusionNode(LifecycleNode):
         if device.startswith("cuda") and not torch.cuda.is_available():
             if not p.model_allow_cpu_fallback:
                 raise ValueError(f"model.device={device} but CUDA is not available "
-                                 "(set model.allow_cpu_fallback:=true to run on CPU)")
+                                 "(launch with device:=cpu, or set model.allow_cpu_fallback:=true)")
             self.get_logger().warning(f"CUDA unavailable: running on CPU instead of {device}")
             device = "cpu"
         t = time.perf_counter()
@@ -291,30 +240,29 @@ class FusionNode(LifecycleNode):
 
     def _input_qos(self, topic: str) -> QoSProfile:
         p = self.params
-        depth = p.qos_input_depth
-        mode = p.qos_input_reliability
-        if mode == "reliable":
-            return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST,
-                         durability=DurabilityPolicy.VOLATILE)
-        if mode == "auto":
-            try:
-                name = self.resolve_topic_name(topic)
-            except AttributeError:
-                name = topic
-            infos = self.get_publishers_info_by_topic(name)
-            if infos:
-                pub_qos = infos[0].qos_profile
-                qos.reliability = pub_qos.reliability
-                qos.durability = pub_qos.durability
-                self.get_logger().info(f"{name}: QoS copied from its publisher ({pub_qos.reliability.name}, "
-                                       f"{pub_qos.durability.name})")
-            else:
-                self.get_logger().info(f"{name}: no publisher yet, subscribing best effort (matches any publisher)")
+        qos = QoSProfile(depth=p.qos_input_depth, reliability=ReliabilityPolicy.BEST_EFFORT,
+                         history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+        if p.qos_input_reliability == "reliable":
+            qos.reliability = ReliabilityPolicy.RELIABLE
+        elif p.qos_input_reliability == "auto":
+            name = self.resolve_topic_name(topic)
+            offers = [(i.qos_profile.reliability.name.lower(), i.qos_profile.durability.name.lower())
+                      for i in self.get_publishers_info_by_topic(name)]
+            rel, dur = matching_qos(offers)
+            qos.reliability = ReliabilityPolicy[rel.upper()]
+            qos.durability = DurabilityPolicy[dur.upper()]
+            self.get_logger().info(f"{name}: subscribing {rel}, {dur} (qos.input_reliability auto, "
+                                   f"{len(offers)} publisher(s))")
         return qos
+
+    def _ros_now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         p = self.params
+        self.front = InputFrontEnd(self.pipeline.sync, self._ros_now_ns, idle_flush_s=p.sync_idle_flush_s,
+                                   missing_timeout_s=p.inputs_missing_timeout_s,
+                                   single_modality=p.inputs_single_modality, on_missing=self._on_missing)
         events = _event_callbacks(self._on_incompatible_qos)
         self.subs = []
         for key, topic in INPUTS.items():
@@ -322,16 +270,17 @@ class FusionNode(LifecycleNode):
                                              event_callbacks=events)
             sub.registerCallback(self._on_input, key)
             self.subs.append(sub)
-        self.sync = optimal_approximate_time_synchronizer(self.subs, sync=self.pipeline.sync)
+        self.sync = optimal_approximate_time_synchronizer(self.subs, source=self.front)
         self.sync.registerCallback(self._on_pair)
         self.info_sub = self.create_subscription(CameraInfo, RGB_INFO, self.pipeline.set_camera_info,
                                                  self._input_qos(RGB_INFO))
         self.buffer = make_buffer(p.processing_mode)
         self.worker = threading.Thread(target=self._work, name="moe_fusion_worker", daemon=True)
         self.worker.start()
-        self.last_pair_time = time.monotonic()
-        self._no_pair_timer = self.create_timer(1.0, self._check_pairs)
-        self.get_logger().info(f"active: {INPUTS['thermal']} + {INPUTS['rgb']} -> fused/image, fused/detections "
+        # a steady timer: it keeps running when a bag's /clock stops (idle flush, missing inputs)
+        self._ticker = self.create_timer(0.05, self._tick, clock=self._steady)
+        self.get_logger().info(f"active: {self.resolve_topic_name(INPUTS[THERMAL])} + "
+                               f"{self.resolve_topic_name(INPUTS[RGB])} -> fused/image, fused/detections "
                                f"(slop {p.sync_slop} s, mode {p.processing_mode})")
         return super().on_activate(state)
 
@@ -340,19 +289,22 @@ class FusionNode(LifecycleNode):
         return super().on_deactivate(state)
 
     def _stop(self) -> None:
-        if self._no_pair_timer is not None:
-            self.destroy_timer(self._no_pair_timer)
-            self._no_pair_timer = None
+        """Undo :meth:`on_activate`: timer, subscriptions, synchroniser, worker (joined)."""
+        if self._ticker is not None:
+            self.destroy_timer(self._ticker)
+            self._ticker = None
         for sub in self.subs:
             self.destroy_subscription(sub.sub)
-        self.subs, self.sync = [], None
+        self.subs, self.sync, self.front = [], None, None
         if self.info_sub is not None:
             self.destroy_subscription(self.info_sub)
             self.info_sub = None
         if self.buffer is not None:
             self.buffer.close()
         if self.worker is not None:
-            self.worker.join(timeout=10.0)
+            self.worker.join(timeout=30.0)
+            if self.worker.is_alive():
+                self.get_logger().warning("worker still busy after 30 s; leaving it to finish its frame")
             self.worker = None
 
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
@@ -360,18 +312,18 @@ class FusionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
+        """Undo :meth:`on_configure`: publishers, pipeline, model (and the CUDA cache)."""
         for pub in self.pubs.values():
             self.destroy_publisher(pub)
         self.pubs = {}
+        had_engine = self.engine is not None
         self.engine = self.pipeline = None
         self.params = None
-        try:
+        if had_engine:
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         self._stop()
@@ -381,34 +333,44 @@ class FusionNode(LifecycleNode):
     # ------------------------------------------------------------------ callbacks (executor thread: keep short)
     def _on_incompatible_qos(self, event: Any) -> None:
         self.incompatible_qos += 1
-        self.get_logger().warning("incompatible QoS between an input publisher and this node's subscription "
-                                  "(set qos.input_reliability:=best_effort)", throttle_duration_sec=5.0)
+        self.get_logger().warning(
+            "an input publisher's QoS is incompatible with this node's subscription, nothing is received from it "
+            f"(total_count {getattr(event, 'total_count', '?')}): set qos.input_reliability:=best_effort (matches "
+            "reliable and best-effort publishers), or make the publisher reliable", throttle_duration_sec=5.0)
+
+    def _on_time_jump(self, stream: str, newest_ns: int, stamp_ns_: int) -> None:
+        self.last_jump_time = time.monotonic()
+        self.get_logger().warning(
+            f"time went backwards on {stream} by {(newest_ns - stamp_ns_) / 1e9:.3f} s (bag replayed or looped, "
+            "or sim time reset): pairing reset, pairing the new stream")
+
+    def _on_missing(self, before: str | None, now: str | None) -> None:
+        log = self.get_logger()
+        single = self.params is not None and self.params.inputs_single_modality
+        if now is not None:
+            log.warning(f"{now} input missing (nothing for {self.params.inputs_missing_timeout_s} s while {other(now)}"
+                        f" streams): " + (f"publishing {other(now)} alone" if single else "publishing nothing"))
+        elif before is not None:
+            log.info(f"{before} input back: fusing pairs again")
 
     def _on_input(self, msg: Image, key: str) -> None:
         self.rates[key].tick()
-        self.last_stamp[key] = stamp_ns(msg)
 
-    def _on_pair(self, thermal: Image, rgb: Image) -> None:
+    def _on_pair(self, thermal: Image | None, rgb: Image | None) -> None:
         self.rates["pairs"].tick()
         self.last_pair_time = time.monotonic()
-        try:
-            if self.buffer.put((thermal, rgb, time.monotonic())):
-                self.get_logger().debug("worker busy: older pair dropped")
-        except BufferClosed:
-            pass
+        with contextlib.suppress(BufferClosed):  # deactivating
+            self.buffer.put((thermal, rgb, time.monotonic()))
 
-    def _check_pairs(self) -> None:
-        p = self.params
-        if p is None:
+    def _tick(self) -> None:
+        """Steady timer: idle flush and missing inputs, also while a bag's /clock stands still."""
+        if self.sync is None or self.params is None:
             return
-        now = time.monotonic()
-        flowing = all(m.last is not None and now - m.last < 1.0 for k, m in self.rates.items() if k in INPUTS)
-        if flowing and now - self.last_pair_time > p.diagnostics_no_pair_warn_s:
-            th, rgb = self.last_stamp.get("thermal", 0), self.last_stamp.get("rgb", 0)
-            self.get_logger().warning(
-                f"both inputs flow but no pair for {now - self.last_pair_time:.1f} s: latest thermal stamp "
-                f"{th / 1e9:.3f}, rgb {rgb / 1e9:.3f}, delta {(th - rgb) / 1e6:.1f} ms (sync.slop {p.sync_slop} s; "
-                "a constant offset? set sync.thermal_offset)", throttle_duration_sec=5.0)
+        ros_now, mono = self._ros_now_ns(), time.monotonic()
+        if ros_now != self._ros_time[0]:
+            self._ros_time = (ros_now, mono)
+        stalled = mono - self._ros_time[1] >= self.params.sync_idle_flush_s
+        self.sync.tick(clock_stalled=stalled)
 
     # ------------------------------------------------------------------ worker thread
     def _work(self) -> None:
@@ -420,30 +382,37 @@ class FusionNode(LifecycleNode):
             if item is None:
                 continue
             thermal, rgb, t_ready = item
-            p = self.params
-            pipe = self.pipeline
+            p, pipe, pubs = self.params, self.pipeline, self.pubs
             if p is None or pipe is None:
                 return
-            debug = p.output_debug_image and self.pubs["debug"].get_subscription_count() > 0
-            n_fail = len(pipe.failures)
-            out = pipe.process(thermal, rgb, debug=debug)
+            debug = p.output_debug_image and pubs["debug_image"].get_subscription_count() > 0
+            if thermal is not None and rgb is not None:
+                out = pipe.process(thermal, rgb, debug=debug)
+            else:
+                msg, stream = (thermal, THERMAL) if thermal is not None else (rgb, RGB)
+                out = pipe.process_single(Single(stream, msg, stamp_ns(msg), other(stream)), debug=debug)
             if out is None:
-                why = pipe.failures[n_fail].reason if len(pipe.failures) > n_fail else "unknown"
-                self.get_logger().warning(f"frame skipped: {why}", throttle_duration_sec=5.0)
+                self.last_skip = pipe.failures[-1].reason if pipe.failures else "unknown"
+                self.get_logger().warning(f"frame skipped: {self.last_skip}", throttle_duration_sec=5.0)
                 continue
-            self.pubs["image"].publish(to_image(out.image))
-            self.pubs["detections"].publish(to_detections(out.detections))
-            if p.output_gates:
-                self.pubs["gates"].publish(to_gates(out.gates))
-            if out.debug_image is not None:
-                self.pubs["debug"].publish(to_image(out.debug_image))
-            if out.camera_info is not None:
-                self.pubs["camera_info"].publish(to_camera_info(out.camera_info))
-            self.rates["published"].tick()
+            self._publish(out, p)
             self.latency_ms.append((time.monotonic() - t_ready) * 1e3)
-            age = self.get_clock().now().nanoseconds - stamp_ns(rgb)
-            self.stamp_age_ms.append(age / 1e6)
-            del pipe.failures[:-100]  # keep memory bounded on long runs
+            now = self._ros_now_ns()
+            if now > 0:  # sim time before the first /clock is 0: no meaningful age
+                self.stamp_age_ms.append((now - stamp_ns(rgb if rgb is not None else thermal)) / 1e6)
+
+    def _publish(self, out: Any, p: FusionParams) -> None:
+        pubs = self.pubs
+        pubs["image"].publish(to_ros(Image, out.image))
+        pubs["detections"].publish(to_ros(Detection2DArray, out.detections))
+        pubs["status"].publish(to_ros(DiagnosticArray, out.status))
+        if p.output_gates:
+            pubs["gates"].publish(to_ros(Float32MultiArray, out.gates))
+        if out.debug_image is not None:
+            pubs["debug_image"].publish(to_ros(Image, out.debug_image))
+        if out.camera_info is not None:
+            pubs["camera_info"].publish(to_ros(CameraInfo, out.camera_info))
+        self.rates["published"].tick()
 
     # ------------------------------------------------------------------ diagnostics
     def _setup_diagnostics(self) -> None:
@@ -451,85 +420,86 @@ class FusionNode(LifecycleNode):
 
         if self.updater is None:
             self.updater = diagnostic_updater.Updater(self, period=1.0)
-            self.updater.add("inputs", self._diag_inputs)
-            self.updater.add("sync", self._diag_sync)
-            self.updater.add("inference", self._diag_inference)
-        self.updater.setHardwareID(getattr(self, "hardware_id", "moe_fusion"))
+            self.updater.add("inputs", self._diag(self._inputs_status))
+            self.updater.add("sync", self._diag(self._sync_status))
+            self.updater.add("inference", self._diag(self._inference_status))
+        self.updater.setHardwareID(self.hardware_id)
 
-    def _diag_inputs(self, stat: Any) -> Any:
+    def _diag(self, build: Any) -> Any:
+        def task(stat: Any) -> Any:
+            s = build() if self.pipeline is not None and self.params is not None else \
+                health.Status(health.STALE, "not configured")
+            stat.summary(bytes([s.level]), s.message)  # DiagnosticStatus.level is a byte
+            for k, v in s.values:
+                stat.add(k, v)
+            return stat
+
+        return task
+
+    def _inputs_status(self) -> health.Status:
         p = self.params
-        if p is None:
-            stat.summary(DiagnosticStatus.STALE, "not configured")
-            return stat
-        expected = {"thermal": p.diagnostics_expected_thermal_hz, "rgb": p.diagnostics_expected_rgb_hz}
-        level, msgs = DiagnosticStatus.OK, []
-        for k in INPUTS:
-            r = self.rates[k].rate()
-            stat.add(f"{k} rate (Hz)", f"{r:.1f}")
-            stat.add(f"{k} received", str(self.rates[k].count))
-            if r < 0.5 * expected[k]:
-                level = max(level, DiagnosticStatus.WARN if r > 0 else DiagnosticStatus.ERROR)
-                msgs.append(f"{k} {r:.1f} Hz < expected {expected[k]:.0f}")
-        stat.add("incompatible QoS events", str(self.incompatible_qos))
-        stat.summary(level, "; ".join(msgs) or "inputs at expected rates")
-        return stat
+        states = self.front.status() if self.front is not None else {}
+        return health.inputs_status(
+            {k: self.rates[k].rate() for k in INPUTS}, {k: self.rates[k].count for k in INPUTS},
+            {THERMAL: p.diagnostics_expected_thermal_hz, RGB: p.diagnostics_expected_rgb_hz}, states,
+            self.incompatible_qos, p.inputs_single_modality)
 
-    def _diag_sync(self, stat: Any) -> Any:
-        if self.pipeline is None:
-            stat.summary(DiagnosticStatus.STALE, "not configured")
-            return stat
-        s = self.pipeline.sync.stats
-        since = time.monotonic() - self.last_pair_time
-        stat.add("pair rate (Hz)", f"{self.rates['pairs'].rate():.1f}")
-        stat.add("pairs", str(s.pairs))
-        stat.add("mean |dt| (ms)", f"{s.mean_abs_dt_ms:.2f}")
-        stat.add("max |dt| (ms)", f"{s.abs_dt_max_ns / 1e6:.2f}")
-        for reason, n in sorted(self.pipeline.unpaired_counts.items()):
-            stat.add(f"unpaired: {reason}", str(n))
-        stat.add("seconds since last pair", f"{since:.1f}")
-        warn = since > (self.params.diagnostics_no_pair_warn_s if self.params else 1.0)
-        stat.summary(DiagnosticStatus.WARN if warn else DiagnosticStatus.OK,
-                     "no pairs" if warn else "pairing")
-        return stat
+    def _sync_status(self) -> health.Status:
+        p, pipe, now = self.params, self.pipeline, time.monotonic()
+        st = pipe.sync.stats
+        flowing = all(m.last is not None and now - m.last < 1.0 for k, m in self.rates.items() if k in INPUTS)
+        return health.sync_status(
+            st.pairs, self.rates["pairs"].rate(), st.mean_abs_dt_ms if st.pairs else float("nan"),
+            st.abs_dt_max_ns / 1e6, pipe.unpaired_counts, st.time_jumps,
+            None if self.last_jump_time is None else now - self.last_jump_time,
+            self.front.idle_flushes if self.front is not None else 0,
+            None if self.last_pair_time is None else now - self.last_pair_time, flowing, p.diagnostics_no_pair_warn_s)
 
-    def _diag_inference(self, stat: Any) -> Any:
-        if self.pipeline is None:
-            stat.summary(DiagnosticStatus.STALE, "not configured")
-            return stat
-        lat = list(self.latency_ms)
-        ages = list(self.stamp_age_ms)
-        stat.add("published rate (Hz)", f"{self.rates['published'].rate():.1f}")
-        stat.add("latency p50 (ms)", f"{percentile(lat, 50):.1f}")
-        stat.add("latency p95 (ms)", f"{percentile(lat, 95):.1f}")
-        stat.add("stamp age p50 (ms)", f"{percentile(ages, 50):.1f}")
-        stat.add("dropped pairs (worker busy)", str(self.buffer.dropped if self.buffer is not None else 0))
-        stat.add("frames skipped (corrupt)", str(len(self.pipeline.failures)))
-        for reason, n in sorted(self.pipeline.camera_info_errors.items()):
-            stat.add(f"camera_info not published: {reason}", str(n))
-        stat.add("device", str(self.engine.device) if self.engine is not None else "-")
-        stat.summary(DiagnosticStatus.OK, "running")
-        return stat
+    def _inference_status(self) -> health.Status:
+        pipe = self.pipeline
+        return health.inference_status(
+            self.rates["published"].rate(), self.latency_ms, self.stamp_age_ms,
+            self.buffer.dropped if self.buffer is not None else 0, pipe.failure_counts, self.last_skip,
+            pipe.singles, pipe.camera_info_errors, str(self.engine.device) if self.engine is not None else "-",
+            health.rss_mb())
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console script ``fusion_node``: start, autostart (configure + activate), spin."""
+def main(args: list[str] | None = None) -> int:
+    """Console script ``fusion_node``: start, autostart (configure + activate), spin; exit 0 on SIGINT/SIGTERM."""
+    signals: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:  # rclpy's own handler (which runs first) shuts the context down
+        signals.append(signum)
+
+    signal.signal(signal.SIGINT, note)
+    signal.signal(signal.SIGTERM, note)
     rclpy.init(args=args)
     node = FusionNode()
     try:
-        if node.get_parameter("autostart").value:
+        if node.get_parameter("autostart").value and not signals:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-                node.trigger_activate()
+                if not signals:
+                    node.trigger_activate()
             else:
-                node.get_logger().error("configure failed; node left unconfigured (fix parameters, then "
-                                        "ros2 lifecycle set /moe_fusion configure)")
-        rclpy.spin(node)
-    except KeyboardInterrupt:
+                node.get_logger().error(
+                    f"configure failed (reason above); {node.get_fully_qualified_name()} left unconfigured: fix "
+                    f"the parameters (ros2 param set {node.get_fully_qualified_name()} ...), then: ros2 lifecycle "
+                    f"set {node.get_fully_qualified_name()} configure")
+        if not signals:
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         node._stop()
+        node._release()
         node.destroy_node()
         rclpy.try_shutdown()
+    if signals:
+        print(f"[moe_fusion] stopped by {signal.Signals(signals[0]).name}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,7 +14,8 @@ from typing import Any
 
 from moe_fusion_core.preprocess import MODES, ThermalNormalization
 
-TYPES = {"bool": bool, "int": int, "double": float, "string": str}
+TYPES = {"bool": bool, "int": int, "double": float, "string": str, "double_array": list}
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ParamSpec:
 
     name: str
     default: Any
-    type: str  # bool | int | double | string
+    type: str  # bool | int | double | string | double_array
     description: str
     range: tuple[float, float] | None = None  # inclusive bounds for int/double
     choices: tuple[str, ...] | None = None
@@ -54,6 +55,21 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
     ParamSpec("sync.queue_size", 5, "int", "undecided messages kept per input", range=(1, 100)),
     ParamSpec("sync.thermal_offset", 0.0, "double", "seconds added to thermal stamps before matching",
               range=(-10.0, 10.0)),
+    ParamSpec("sync.time_jump_s", 0.25, "double",
+              "a stamp this much older than its input's newest resets pairing (bag replayed or looped, sim time "
+              "reset); smaller backward steps are dropped as out_of_order", range=(0.001, 3600.0)),
+    ParamSpec("sync.idle_flush_s", 0.5, "double",
+              "when no input message arrived for this long (node clock; also when a bag's /clock stops), the "
+              "pairs still waiting are published", range=(0.01, 60.0)),
+    ParamSpec("inputs.missing_timeout_s", 0.5, "double",
+              "an input silent this long while the other streams is reported missing (diagnostics WARN, "
+              "fused/status)", range=(0.01, 60.0)),
+    ParamSpec("inputs.single_modality", True, "bool",
+              "while one input is missing, fuse the other alone with the missing image blank (false: publish "
+              "nothing until both stream)"),
+    ParamSpec("registration.homography", list(IDENTITY), "double_array",
+              "3x3 thermal-to-RGB pixel homography, row-major (identity: resize the thermal image to the RGB "
+              "size); estimate it with 'moe-fusion register'"),
     ParamSpec("thermal.norm.mode", "percentile", "string", "16-bit/float thermal to 8-bit window",
               choices=MODES),
     ParamSpec("thermal.norm.lo", 0.0, "double", "fixed window low end (raw units)"),
@@ -63,6 +79,9 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
     ParamSpec("thermal.norm.ema", 0.9, "double", "weight of previous frames' window (0 = per frame)",
               range=(0.0, 0.999)),
     ParamSpec("thermal.invert", False, "bool", "invert thermal grey levels (black-hot to white-hot)"),
+    ParamSpec("thermal.max_invalid_fraction", 0.01, "double",
+              "a float thermal frame with more NaN/inf pixels than this fraction is skipped (fewer: they are "
+              "filled)", range=(0.0, 1.0)),
     ParamSpec("qos.input_reliability", "auto", "string", "input QoS reliability; auto copies the publisher",
               choices=("auto", "best_effort", "reliable"), read_only=True),
     ParamSpec("qos.input_depth", 5, "int", "input subscription history depth", range=(1, 100), read_only=True),
@@ -101,6 +120,11 @@ class FusionParams:
     sync_slop: float
     sync_queue_size: int
     sync_thermal_offset: float
+    sync_time_jump_s: float
+    sync_idle_flush_s: float
+    inputs_missing_timeout_s: float
+    inputs_single_modality: bool
+    registration_homography: tuple[float, ...]
     thermal_norm_mode: str
     thermal_norm_lo: float
     thermal_norm_hi: float
@@ -108,6 +132,7 @@ class FusionParams:
     thermal_norm_p_hi: float
     thermal_norm_ema: float
     thermal_invert: bool
+    thermal_max_invalid_fraction: float
     qos_input_reliability: str
     qos_input_depth: int
     processing_mode: str
@@ -127,8 +152,16 @@ class FusionParams:
                                     p_lo=self.thermal_norm_p_lo, p_hi=self.thermal_norm_p_hi,
                                     ema=self.thermal_norm_ema, invert=self.thermal_invert)
 
+    def homography(self) -> tuple[float, ...] | None:
+        """The registration homography, or ``None`` for the identity (resize only)."""
+        return None if self.registration_homography == IDENTITY else self.registration_homography
+
     def as_dict(self) -> dict[str, Any]:
-        return {s.name: getattr(self, s.attr) for s in DECLARATIONS}
+        return {s.name: _plain(getattr(self, s.attr)) for s in DECLARATIONS}
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
 
 
 def check_value(name: str, value: Any) -> Any:
@@ -136,6 +169,8 @@ def check_value(name: str, value: Any) -> Any:
     spec = SPECS.get(name)
     if spec is None:
         raise ValueError(f"unknown parameter {name!r}")
+    if spec.type == "double_array":
+        return _check_homography(name, value)
     want = TYPES[spec.type]
     if spec.type == "double" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -149,9 +184,24 @@ def check_value(name: str, value: Any) -> Any:
     return value
 
 
+def _check_homography(name: str, value: Any) -> tuple[float, ...]:
+    """Nine finite numbers of an invertible 3×3 matrix, scaled so that its last element is 1."""
+    import numpy as np
+
+    try:
+        h = np.array(list(value), dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"parameter {name!r} must be 9 numbers (a row-major 3x3 matrix), got {value!r}") from e
+    if h.shape != (9,) or not np.isfinite(h).all():
+        raise ValueError(f"parameter {name!r} must be 9 finite numbers (a row-major 3x3 matrix), got {value!r}")
+    if h[8] == 0 or abs(np.linalg.det(h.reshape(3, 3))) < 1e-12:
+        raise ValueError(f"parameter {name!r} is not an invertible homography with H[2][2] != 0: {value!r}")
+    return tuple(float(x) for x in h / h[8])
+
+
 def validate(values: Mapping[str, Any] | None = None) -> FusionParams:
     """Defaults overridden by ``values`` (dotted names), checked one by one and together."""
-    merged = {s.name: s.default for s in DECLARATIONS}
+    merged = {s.name: check_value(s.name, s.default) for s in DECLARATIONS}
     for k, v in (values or {}).items():
         merged[k] = check_value(k, v)
     p = FusionParams(**{SPECS[k].attr: v for k, v in merged.items()})
@@ -168,13 +218,22 @@ def validate(values: Mapping[str, Any] | None = None) -> FusionParams:
 
 
 def check_change(name: str, value: Any, current: FusionParams) -> FusionParams:
-    """Validate a live parameter change; read-only parameters cannot change after start."""
+    """Validate a live change of one of :data:`DECLARATIONS`; read-only parameters cannot change after start.
+
+    Parameters this module does not declare (``use_sim_time``, ``qos_overrides.*``, ``diagnostic_updater.*``)
+    belong to rclpy and are not checked here: see :func:`is_ours`."""
     spec = SPECS.get(name)
     if spec is None:
         raise ValueError(f"unknown parameter {name!r}")
-    if spec.read_only and value != getattr(current, spec.attr):
-        raise ValueError(f"parameter {name!r} is read-only; restart the node to change it")
+    if spec.read_only and _plain(check_value(name, value)) != _plain(getattr(current, spec.attr)):
+        raise ValueError(f"parameter {name!r} is read-only while the node is configured: deactivate and clean up "
+                         "the node (ros2 lifecycle set), set it, then configure again")
     return validate({**current.as_dict(), name: value})
+
+
+def is_ours(name: str) -> bool:
+    """Whether ``name`` is one of this package's parameters (others belong to rclpy or its helpers)."""
+    return name in SPECS
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -221,6 +280,8 @@ def params_yaml() -> str:
                 val = {True: "true", False: "false"}.get(v.default, v.default) if v.type == "bool" else v.default
                 if v.type == "string":
                     val = f'"{v.default}"'
+                elif v.type == "double_array":
+                    val = "[" + ", ".join(f"{x:.1f}" for x in v.default) + "]"
                 extra = f" [{v.range[0]}, {v.range[1]}]" if v.range else ""
                 extra += f" ({' | '.join(v.choices)})" if v.choices else ""
                 extra += "; read-only" if v.read_only else ""

@@ -1,58 +1,76 @@
 """The one fusion pipeline shared by the ROS node and bag replay (ROS-free).
 
-messages → :mod:`sync` (pairs) → :mod:`thermal` (arrays: thermal decode + normalise, RGB decode) →
-``FusionEngine.fuse`` → :mod:`messages` (outgoing plain data). Each stage is timed; counters record what was
-received, paired, left unpaired (and why) and which frames failed (and why). A failed frame is counted and
-skipped; processing goes on. RGB ``CameraInfo`` messages offered with :meth:`FusionPipeline.set_camera_info` go
-out with the fused images: the one with the RGB image's stamp (as image_transport's camera subscriber pairs
-them), else the latest; one that does not fit the image is counted and not published.
+messages → :mod:`sync` (pairs) → :mod:`thermal` (arrays: thermal decode + normalise, RGB decode) → registration
+(the thermal image in the RGB image's pixels) → ``FusionEngine.fuse`` → :mod:`messages` (outgoing plain data).
+Each stage is timed; counters record what was received, paired, left unpaired (and why) and which frames failed
+(and why). A failed frame is counted and skipped; processing goes on. RGB ``CameraInfo`` messages offered with
+:meth:`FusionPipeline.set_camera_info` go out with the fused images: the one with the RGB image's stamp (as
+image_transport's camera subscriber pairs them), else the latest; one that does not fit the image is counted and
+not published.
+
+A message whose partner input is missing (:class:`~moe_fusion_ros.inputs.Single`) is fused on its own with the
+missing image blank (:meth:`FusionPipeline.process_single`): the output stays in the RGB camera's pixels (the
+last RGB size and frame_id seen), carries the surviving message's stamp, and its ``status`` says which input
+was missing.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
+import cv2
 import numpy as np
 
 from moe_fusion_core.preprocess import ThermalNormalization, ThermalNormalizer
+from moe_fusion_core.registration import as_matrix, check_resizable, warp_to_rgb
 
 from . import messages as M
+from .health import percentile
+from .inputs import Single
 from .sync import RGB, THERMAL, Pair, PairSynchronizer, Unpaired
 from .thermal import ImageDecodeError, decode_visible, stamp_ns, thermal_array
 
 CAMERA_INFO_KEEP = 64
+FAILURES_KEEP = 100  # without keep_history (the node): the last failures and timings, counters for the rest
+TIMINGS_KEEP = 1000
 STAGES = ("sync", "decode", "preprocess", "inference", "postprocess", "messages", "total")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, np.float64), q)) if values else float("nan")
 
 
 @dataclass
 class FrameFailure:
-    """A pair that could not be fused."""
+    """A pair (or single message) that could not be fused."""
 
-    thermal_stamp_ns: int
-    rgb_stamp_ns: int
+    thermal_stamp_ns: int | None
+    rgb_stamp_ns: int | None
     reason: str
+    kind: str = "ValueError"  # exception class name: UnsupportedEncoding, MalformedImage, InvalidThermal, ...
+
+
+class InvalidThermal(ValueError):
+    """A float thermal frame with too many NaN/inf pixels."""
 
 
 class FusionPipeline:
-    """Pairs, decodes, fuses and builds the outgoing messages; ``engine=None`` runs everything but the model."""
+    """Pairs, decodes, registers, fuses and builds the outgoing messages of one thermal + RGB camera pair.
 
-    def __init__(self, engine: Any | None = None, *, slop: float = 0.02, queue_size: int = 5,
-                 thermal_offset: float = 0.0, normalization: ThermalNormalization | None = None,
+    ``keep_history`` (bag replay, for its report) keeps every unpaired message, failure and stage timing; without
+    it (the node, which runs for days) only counters, the last failures and the last timings are kept."""
+
+    def __init__(self, engine: Any, *, slop: float = 0.02, queue_size: int = 5, thermal_offset: float = 0.0,
+                 time_jump: float = 0.25, normalization: ThermalNormalization | None = None,
                  color: bool = False, detections: bool = True, gates: bool = True, layout: str = "jazzy",
-                 class_id: str = "name", frame_id: str = "", keep_unpaired: bool = True,
-                 camera_info: bool = True) -> None:
+                 class_id: str = "name", frame_id: str = "", keep_history: bool = True, camera_info: bool = True,
+                 homography: Sequence[float] | None = None, max_invalid_fraction: float = 0.01) -> None:
         if layout not in M.LAYOUTS:
             raise ValueError(f"detection layout must be one of {', '.join(M.LAYOUTS)}, got {layout!r}")
         if class_id not in M.CLASS_ID_MODES:
             raise ValueError(f"class_id must be 'name' or 'index', got {class_id!r}")
+        if not (0.0 <= max_invalid_fraction <= 1.0):
+            raise ValueError(f"max_invalid_fraction must be in [0, 1], got {max_invalid_fraction}")
         self.engine = engine
         self.normalizer = ThermalNormalizer(normalization or ThermalNormalization())
         self.color = color
@@ -61,23 +79,30 @@ class FusionPipeline:
         self.layout = layout
         self.class_id = class_id
         self.frame_id = frame_id
-        self.keep_unpaired = keep_unpaired
+        self.keep_history = keep_history
         self.camera_info = camera_info
+        self.set_homography(homography)
+        self.max_invalid_fraction = max_invalid_fraction
         self._camera_infos: OrderedDict[int, Any] = OrderedDict()  # by stamp, oldest first, the last CAMERA_INFO_KEEP
         self.camera_info_errors: Counter = Counter()
         self.unpaired: list[Unpaired] = []
         self.unpaired_counts: Counter = Counter()
-        self.failures: list[FrameFailure] = []
+        self.failures: list[FrameFailure] | deque[FrameFailure] = [] if keep_history else deque(maxlen=FAILURES_KEEP)
+        self.failure_counts: Counter = Counter()  # by exception class name
         self.fused = 0
+        self.singles: Counter = Counter()  # missing input -> frames fused without it
         self.resized = 0
-        self.timings: dict[str, list[float]] = defaultdict(list)
+        self.timings: dict[str, list[float]] | dict[str, deque[float]] = (
+            defaultdict(list) if keep_history else defaultdict(lambda: deque(maxlen=TIMINGS_KEEP)))
         self.last_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # fused, thermal, visible
-        self.sync = PairSynchronizer(slop, queue_size, thermal_offset, on_unpaired=self._on_unpaired)
+        self.last_rgb: tuple[int, int, str] | None = None  # (width, height, frame_id) of the last RGB image fused
+        self.sync = PairSynchronizer(slop, queue_size, thermal_offset, on_unpaired=self._on_unpaired,
+                                     time_jump=time_jump)
 
     # ------------------------------------------------------------------ pairing
     def _on_unpaired(self, u: Unpaired) -> None:
         self.unpaired_counts[u.reason] += 1
-        if self.keep_unpaired:
+        if self.keep_history:
             self.unpaired.append(Unpaired(u.stream, u.stamp_ns, u.reason))  # without the message (memory)
 
     def add(self, stream: str, msg: Any) -> list[Pair]:
@@ -100,6 +125,10 @@ class FusionPipeline:
             self._camera_infos.popitem(last=False)
 
     # ------------------------------------------------------------------ processing
+    def set_homography(self, homography: Sequence[float] | None) -> None:
+        """Thermal → RGB pixel homography (9 numbers, row-major), or ``None``: resize only."""
+        self.homography = None if homography is None else as_matrix(homography)
+
     def _camera_info(self, hdr: dict[str, Any], size: tuple[int, int]) -> dict[str, Any] | None:
         if not self.camera_info or not self._camera_infos:
             return None
@@ -112,44 +141,101 @@ class FusionPipeline:
             self.camera_info_errors[str(e)] += 1
             return None
 
-    def arrays(self, thermal_msg: Any, rgb_msg: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(thermal H×W uint8, visible H×W×3 RGB uint8) of a pair."""
+    def thermal_unit(self, thermal_msg: Any) -> np.ndarray:
+        """H×W uint8 thermal image of a message: decoded, NaN/inf checked, normalised (in its own pixels)."""
         raw = thermal_array(thermal_msg)
-        if raw.dtype.kind == "f" and not np.isfinite(raw).any():
-            raise ValueError("thermal frame has no finite pixel (all NaN/inf)")
-        ir = self.normalizer(raw)
+        if raw.dtype.kind == "f":
+            bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+            if bad == raw.size:
+                raise InvalidThermal("thermal frame has no finite pixel (all NaN/inf)")
+            if bad > self.max_invalid_fraction * raw.size:
+                raise InvalidThermal(f"thermal frame has {bad} NaN/inf pixels ({bad / raw.size:.1%} > "
+                                     f"thermal.max_invalid_fraction {self.max_invalid_fraction:.1%})")
+        return self.normalizer(raw)
+
+    def register(self, ir: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The thermal image in RGB pixels of ``size`` (w, h): the homography if set, else a checked resize."""
+        if self.homography is not None:
+            return warp_to_rgb(ir, self.homography, size)
+        if ir.shape != (size[1], size[0]):
+            check_resizable(ir.shape, (size[1], size[0]))
+            self.resized += 1  # the engine resizes it
+        return ir
+
+    def arrays(self, thermal_msg: Any, rgb_msg: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(thermal H×W uint8 in the RGB image's pixels, visible H×W×3 RGB uint8) of a pair."""
+        ir = self.thermal_unit(thermal_msg)
         vis = decode_visible(rgb_msg)
-        return ir, vis
+        return self.register(ir, (vis.shape[1], vis.shape[0])), vis
 
     def process(self, thermal_msg: Any, rgb_msg: Any, debug: bool = False) -> M.Outgoing | None:
         """Fuse one pair into its outgoing messages; ``None`` (and a recorded failure) when the frame is bad."""
         t0 = time.perf_counter()
-        rgb_hdr = rgb_msg.header
-        hdr = M.header(stamp_ns(rgb_msg), str(rgb_hdr.frame_id) or self.frame_id)
         try:
             ir, vis = self.arrays(thermal_msg, rgb_msg)
-            t1 = time.perf_counter()
-            if ir.shape != vis.shape[:2]:
-                self.resized += 1
-            if self.engine is not None:
-                res = self.engine.fuse(ir, vis, color=self.color, detections=self.detections)
-            else:
-                res = _fake_result(ir, vis, self.color)
         except (ImageDecodeError, ValueError) as e:
-            self.failures.append(FrameFailure(stamp_ns(thermal_msg), stamp_ns(rgb_msg), f"{type(e).__name__}: {e}"))
-            return None
+            return self._failed(stamp_ns(thermal_msg), stamp_ns(rgb_msg), e)
+        hdr = M.header(stamp_ns(rgb_msg), str(rgb_msg.header.frame_id) or self.frame_id)
+        self.last_rgb = (vis.shape[1], vis.shape[0], hdr["frame_id"])
+        return self._fuse(ir, vis, hdr, t0, debug, {THERMAL: M.INPUT_OK, RGB: M.INPUT_OK}, (stamp_ns(thermal_msg),
+                                                                                           stamp_ns(rgb_msg)))
+
+    def process_single(self, item: Single, debug: bool = False) -> M.Outgoing | None:
+        """Fuse one message whose partner input is missing, with the missing image blank (zeros)."""
+        t0 = time.perf_counter()
+        stamps = (item.stamp_ns, None) if item.stream == THERMAL else (None, item.stamp_ns)
+        try:
+            if item.stream == RGB:
+                vis = decode_visible(item.msg)
+                ir = np.zeros(vis.shape[:2], np.uint8)
+                frame = str(item.msg.header.frame_id) or self.frame_id
+                self.last_rgb = (vis.shape[1], vis.shape[0], frame)
+            else:
+                ir = self.thermal_unit(item.msg)
+                if self.last_rgb is not None:
+                    w, h, frame = self.last_rgb
+                    ir = self.register(ir, (w, h))
+                    if ir.shape != (h, w):
+                        ir = cv2.resize(ir, (w, h), interpolation=cv2.INTER_LINEAR)
+                else:  # no RGB image seen yet: the thermal image's own pixels
+                    frame = self.frame_id or str(item.msg.header.frame_id)
+                vis = np.zeros((*ir.shape, 3), np.uint8)
+        except (ImageDecodeError, ValueError) as e:
+            return self._failed(*stamps, e)
+        hdr = M.header(item.stamp_ns, frame)
+        status = {item.stream: M.INPUT_OK, item.missing: M.INPUT_MISSING}
+        out = self._fuse(ir, vis, hdr, t0, debug, status, stamps)
+        if out is not None:
+            self.singles[item.missing] += 1
+        return out
+
+    def _failed(self, thermal_stamp: int | None, rgb_stamp: int | None, e: Exception) -> None:
+        kind = type(e).__name__
+        self.failure_counts[kind] += 1
+        self.failures.append(FrameFailure(thermal_stamp, rgb_stamp, f"{kind}: {e}", kind))
+        return None
+
+    def _fuse(self, ir: np.ndarray, vis: np.ndarray, hdr: dict[str, Any], t0: float, debug: bool,
+              status: dict[str, str], stamps: tuple[int | None, int | None]) -> M.Outgoing | None:
+        t1 = time.perf_counter()
+        try:
+            res = self.engine.fuse(ir, vis, color=self.color, detections=self.detections)
+        except ValueError as e:
+            return self._failed(*stamps, e)
         t2 = time.perf_counter()
         self.last_arrays = (res.fused, ir, vis)
         image = res.color if (self.color and res.color is not None) else res.fused
         h, w = res.fused.shape[:2]
+        base = vis if status.get(RGB) == M.INPUT_OK else np.repeat(res.fused[:, :, None], 3, axis=2)
         out = M.Outgoing(
             header=hdr,
             image=M.image_message(image, hdr),
             detections=M.detection_array(res.detections, hdr, image_size=(w, h), layout=self.layout,
                                          class_id=self.class_id),
             gates=M.gates_message(res.gates) if self.gates else M.gates_message({}),
-            debug_image=M.image_message(M.debug_image(vis, res.detections), hdr) if debug else None,
+            debug_image=M.image_message(M.debug_image(base, res.detections), hdr) if debug else None,
             camera_info=self._camera_info(hdr, (w, h)),
+            status=M.status_message(hdr, status, stamps[0]),
         )
         t3 = time.perf_counter()
         self.fused += 1
@@ -172,54 +258,3 @@ class FusionPipeline:
                 out[k] = {"p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95),
                           "mean_ms": float(np.mean(v)), "max_ms": float(np.max(v)), "count": len(v)}
         return out
-
-
-def _fake_result(ir: np.ndarray, vis: np.ndarray, color: bool) -> SimpleNamespace:
-    """Stand-in for a FusionResult when no model runs (benchmarks of the node path)."""
-    from moe_fusion_core.engine import color_fusion
-
-    if ir.shape != vis.shape[:2]:
-        import cv2
-
-        ir = cv2.resize(ir, (vis.shape[1], vis.shape[0]), interpolation=cv2.INTER_LINEAR)
-    h, w = ir.shape
-    dets = [SimpleNamespace(box=(w * 0.1, h * 0.2, w * 0.4, h * 0.6), class_id=0, class_name="person", score=0.9),
-            SimpleNamespace(box=(w * 0.5, h * 0.5, w * 0.9, h * 0.8), class_id=1, class_name="car", score=0.7)]
-    gates = {"mole_fg": np.full(4, 0.25, np.float32), "mole_bg": np.full(4, 0.25, np.float32),
-             "moge": np.full(4, 0.25, np.float32)}
-    return SimpleNamespace(fused=ir, color=color_fusion(ir, vis) if color else None, detections=dets, gates=gates,
-                           timings_ms={})
-
-
-def fake_image_message(arr: np.ndarray, stamp: int, frame_id: str, encoding: str | None = None) -> SimpleNamespace:
-    """A ``sensor_msgs/Image``-shaped object (tests and benchmarks): mono8/mono16/32FC1/rgb8 by dtype and shape."""
-    a = np.ascontiguousarray(arr)
-    if encoding is None:
-        encoding = {np.dtype(np.uint8): "mono8", np.dtype(np.uint16): "mono16",
-                    np.dtype(np.float32): "32FC1"}[a.dtype] if a.ndim == 2 else "rgb8"
-    h, w = a.shape[:2]
-    hdr = SimpleNamespace(stamp=SimpleNamespace(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000),
-                          frame_id=frame_id)
-    return SimpleNamespace(header=hdr, height=h, width=w, encoding=encoding, is_bigendian=0,
-                           step=a.nbytes // h, data=a.tobytes())
-
-
-def node_path_benchmark(ir: np.ndarray, vis: np.ndarray, iters: int) -> list[float]:
-    """Milliseconds per pair for the node path without the model: pairing + message decode/normalise + building
-    the outgoing messages (image, detections, gates). ``ir``: H×W (uint8/uint16), ``vis``: H×W×3 RGB uint8."""
-    if iters < 1:
-        raise ValueError(f"iters must be >= 1, got {iters}")
-    pipe = FusionPipeline(None, keep_unpaired=False)
-    t0 = 1_700_000_000_000_000_000
-    period = 40_000_000  # 25 Hz, thermal 5 ms later
-    out: list[float] = []
-    for i in range(iters + 1):
-        th = fake_image_message(ir, t0 + i * period + 5_000_000, "thermal")
-        rgb = fake_image_message(vis, t0 + i * period, "camera")
-        t = time.perf_counter()
-        pairs = pipe.add(THERMAL, th) + pipe.add(RGB, rgb)
-        for p in pairs:
-            pipe.process(p.thermal, p.rgb)
-        if i > 0:  # the first iteration only primes the synchroniser
-            out.append((time.perf_counter() - t) * 1e3)
-    return out

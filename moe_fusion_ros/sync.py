@@ -19,6 +19,12 @@ reported as unpaired with a reason: ``no_partner_within_slop`` (nothing of the o
 slop), ``superseded`` (its candidates were matched more closely), ``queue_overflow`` (more than ``queue_size``
 undecided messages in its stream), ``out_of_order`` / ``duplicate_stamp`` (stamp older than / equal to the
 stream's newest; such a message is dropped at once, since pairs before it may already be committed).
+
+Time going backwards by more than ``time_jump`` seconds in either stream (a bag replayed or looped, a simulator
+reset) is not an ordering error but a new timeline: the old one ends there (its waiting messages are flushed as
+at the end of a stream: what can pair is committed, the rest reported unpaired), both streams forget their
+newest stamp, ``stats.time_jumps`` counts it, ``on_reset`` is called, and the new timeline pairs from its first
+message.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ class SyncStats:
     abs_dt_sum_ns: int = 0
     abs_dt_max_ns: int = 0
     last_stamp_ns: dict[str, int] = field(default_factory=dict)
+    time_jumps: int = 0
 
     @property
     def mean_abs_dt_ms(self) -> float:
@@ -85,21 +92,30 @@ class PairSynchronizer:
 
     def __init__(self, slop: float = 0.02, queue_size: int = 5, thermal_offset: float = 0.0,
                  on_pair: Callable[[Pair], None] | None = None,
-                 on_unpaired: Callable[[Unpaired], None] | None = None) -> None:
-        if not (slop > 0):
-            raise ValueError(f"slop must be > 0 seconds, got {slop}")
-        if int(queue_size) < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        self.slop_ns = round(slop * NS)
-        self.queue_size = int(queue_size)
-        self.offset_ns = round(thermal_offset * NS)
+                 on_unpaired: Callable[[Unpaired], None] | None = None, time_jump: float = 0.25,
+                 on_reset: Callable[[str, int, int], None] | None = None) -> None:
         self.on_pair = on_pair
         self.on_unpaired = on_unpaired
+        self.on_reset = on_reset  # (stream, newest stamp before, stamp that jumped back), in ns
+        self.configure(slop, queue_size, thermal_offset, time_jump)
         self._queues: dict[str, list[_Entry]] = {THERMAL: [], RGB: []}
         self._newest: dict[str, int | None] = {THERMAL: None, RGB: None}
         self.stats = SyncStats()
 
     # ------------------------------------------------------------------ public API
+    def configure(self, slop: float, queue_size: int, thermal_offset: float, time_jump: float = 0.25) -> None:
+        """Set (or change between messages) the pairing settings; the next message uses them."""
+        if not (slop > 0):
+            raise ValueError(f"slop must be > 0 seconds, got {slop}")
+        if int(queue_size) < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not (time_jump > 0):
+            raise ValueError(f"time_jump must be > 0 seconds, got {time_jump}")
+        self.slop_ns = round(slop * NS)
+        self.queue_size = int(queue_size)
+        self.offset_ns = round(thermal_offset * NS)
+        self.time_jump_ns = round(time_jump * NS)
+
     def add(self, stream: str, stamp_ns: int, msg: Any = None) -> list[Pair]:
         """Offer one message (in arrival order); returns the pairs this arrival made final."""
         if stream not in STREAMS:
@@ -109,12 +125,20 @@ class PairSynchronizer:
         self.stats.last_stamp_ns[stream] = stamp_ns
         key = stamp_ns + (self.offset_ns if stream == THERMAL else 0)
         newest = self._newest[stream]
+        out: list[Pair] = []
+        if newest is not None and newest - key > self.time_jump_ns:  # a new timeline: the old one ends here
+            out = self._process(final=True)
+            self._newest = {THERMAL: None, RGB: None}
+            self.stats.time_jumps += 1
+            if self.on_reset is not None:
+                self.on_reset(stream, newest, key)
+            newest = None
         if newest is not None and key <= newest:
             self._drop(stream, _Entry(key, stamp_ns, msg), "duplicate_stamp" if key == newest else "out_of_order")
             return []
         self._newest[stream] = key
         self._queues[stream].append(_Entry(key, stamp_ns, msg))
-        out = self._process(final=False)
+        out += self._process(final=False)
         while len(self._queues[stream]) > self.queue_size:
             self._drop(stream, self._queues[stream].pop(0), "queue_overflow")
             out += self._process(final=False)
@@ -204,6 +228,19 @@ def _stamp_ns(msg: Any) -> int:
     return int(st.sec) * NS + int(st.nanosec)
 
 
+class _PairSource:
+    """What the adapter feeds: a bare :class:`PairSynchronizer`, as an ``offer``/``tick`` source."""
+
+    def __init__(self, sync: PairSynchronizer) -> None:
+        self.sync = sync
+
+    def offer(self, stream: str, msg: Any) -> list[Pair]:
+        return self.sync.add(stream, _stamp_ns(msg), msg)
+
+    def tick(self, clock_stalled: bool = False) -> list[Pair]:
+        return []
+
+
 def message_filters_class() -> type:
     """The ``message_filters.SimpleFilter`` subclass wrapping :class:`PairSynchronizer` (imports message_filters)."""
     global _ADAPTER_CLASS
@@ -212,14 +249,22 @@ def message_filters_class() -> type:
     import message_filters
 
     class OptimalApproximateTimeSynchronizer(message_filters.SimpleFilter):
-        """Drop-in for ``ApproximateTimeSynchronizer`` on (thermal, rgb) inputs; callback gets ``(thermal, rgb)``."""
+        """Drop-in for ``ApproximateTimeSynchronizer`` on (thermal, rgb) inputs; callback gets ``(thermal, rgb)``.
+
+        With ``source`` (an :class:`~moe_fusion_ros.inputs.InputFrontEnd`) it also signals single messages whose
+        partner input is missing, as ``(thermal, None)`` or ``(None, rgb)``, and :meth:`tick` signals the pairs
+        committed by the idle flush."""
 
         def __init__(self, fs: list[Any], queue_size: int = 5, slop: float = 0.02, thermal_offset: float = 0.0,
                      on_unpaired: Callable[[Unpaired], None] | None = None,
-                     sync: PairSynchronizer | None = None) -> None:
+                     sync: PairSynchronizer | None = None, source: Any = None) -> None:
             message_filters.SimpleFilter.__init__(self)
-            self.sync = sync if sync is not None else PairSynchronizer(slop, queue_size, thermal_offset,
-                                                                       on_unpaired=on_unpaired)
+            if source is None:
+                sync = sync if sync is not None else PairSynchronizer(slop, queue_size, thermal_offset,
+                                                                      on_unpaired=on_unpaired)
+                source = _PairSource(sync)
+            self.source = source
+            self.sync = source.sync
             self.lock = threading.Lock()
             self.input_connections: list[Any] = []
             self.connectInput(fs)
@@ -229,17 +274,24 @@ def message_filters_class() -> type:
                 raise ValueError(f"expected two inputs (thermal, rgb), got {len(fs)}")
             self.input_connections = [f.registerCallback(self.add, stream) for f, stream in zip(fs, STREAMS)]
 
+        def _signal(self, items: list[Any]) -> None:
+            for p in items:
+                self.signalMessage(p.thermal, p.rgb)
+
         def add(self, msg: Any, stream: str) -> None:
             with self.lock:
-                pairs = self.sync.add(stream, _stamp_ns(msg), msg)
-            for p in pairs:
-                self.signalMessage(p.thermal, p.rgb)
+                items = self.source.offer(stream, msg)
+            self._signal(items)
+
+        def tick(self, clock_stalled: bool = False) -> None:
+            with self.lock:
+                items = self.source.tick(clock_stalled)
+            self._signal(items)
 
         def flush(self) -> None:
             with self.lock:
                 pairs = self.sync.flush()
-            for p in pairs:
-                self.signalMessage(p.thermal, p.rgb)
+            self._signal(pairs)
 
     _ADAPTER_CLASS = OptimalApproximateTimeSynchronizer
     return _ADAPTER_CLASS
@@ -248,8 +300,9 @@ def message_filters_class() -> type:
 def optimal_approximate_time_synchronizer(fs: list[Any], queue_size: int = 5, slop: float = 0.02,
                                           thermal_offset: float = 0.0,
                                           on_unpaired: Callable[[Unpaired], None] | None = None,
-                                          sync: PairSynchronizer | None = None) -> Any:
+                                          sync: PairSynchronizer | None = None, source: Any = None) -> Any:
     """Create the message_filters adapter for ``fs = [thermal_filter, rgb_filter]`` (needs message_filters).
 
-    Pass ``sync`` to reuse an existing :class:`PairSynchronizer` (its slop/queue/offset then apply)."""
-    return message_filters_class()(fs, queue_size, slop, thermal_offset, on_unpaired, sync)
+    Pass ``sync`` to reuse an existing :class:`PairSynchronizer` (its slop/queue/offset then apply), or ``source``
+    (an :class:`~moe_fusion_ros.inputs.InputFrontEnd`) for idle flush and single-input fallback."""
+    return message_filters_class()(fs, queue_size, slop, thermal_offset, on_unpaired, sync, source)

@@ -17,6 +17,7 @@ Anything else raises :class:`UnsupportedEncoding`; inconsistent sizes raise :cla
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -127,3 +128,21 @@ def stamp_ns(msg: Any) -> int:
     """``header.stamp`` of a message as integer nanoseconds."""
     st = msg.header.stamp
     return int(st.sec) * 1_000_000_000 + int(st.nanosec)
+
+
+def image_from_array(arr: np.ndarray, stamp: int, frame_id: str, encoding: str | None = None) -> SimpleNamespace:
+    """An object with ``sensor_msgs/Image`` fields holding ``arr`` (callers without ROS: tests, benchmarks, scripts).
+
+    The encoding follows the dtype and shape unless given: ``mono8`` / ``mono16`` / ``32FC1`` for H×W uint8 /
+    uint16 / float32, ``rgb8`` for H×W×3 uint8; ``stamp`` is in nanoseconds."""
+    a = np.ascontiguousarray(arr)
+    if encoding is None:
+        kinds = {np.dtype(np.uint8): "mono8", np.dtype(np.uint16): "mono16", np.dtype(np.float32): "32FC1"}
+        encoding = kinds.get(a.dtype) if a.ndim == 2 else ("rgb8" if a.dtype == np.uint8 else None)
+        if encoding is None:
+            raise UnsupportedEncoding(f"no image encoding for a {a.dtype} array of shape {a.shape}")
+    h = a.shape[0]
+    hdr = SimpleNamespace(stamp=SimpleNamespace(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000),
+                          frame_id=frame_id)
+    return SimpleNamespace(header=hdr, height=h, width=a.shape[1], encoding=encoding, is_bigendian=0,
+                           step=a.nbytes // h, data=a.tobytes())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"end_to_end", "fused_only", "preprocess", "backbones_attention", "encoders", "mole", "moge",
-          "detection_heads", "postprocess", "node_path"}
+          "detection_heads", "postprocess"}
 
 
 def test_bench_json_rows_cover_every_stage_with_timings(tmp_path, data_dir):

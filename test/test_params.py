@@ -11,9 +11,11 @@ import yaml
 from moe_fusion_ros.params import (
     DECLARATIONS,
     FusionParams,
+    _plain,
     check_change,
     check_value,
     flatten,
+    is_ours,
     load_params_file,
     params_yaml,
     validate,
@@ -28,8 +30,9 @@ def test_every_declaration_is_a_field_with_a_typed_default():
     assert len({s.name for s in DECLARATIONS}) == len(DECLARATIONS)
     for s in DECLARATIONS:
         assert s.description
-        assert check_value(s.name, s.default) == s.default
-        assert type(s.default) is {"bool": bool, "int": int, "double": float, "string": str}[s.type], s.name
+        assert _plain(check_value(s.name, s.default)) == s.default
+        assert type(s.default) is {"bool": bool, "int": int, "double": float, "string": str,
+                                   "double_array": list}[s.type], s.name
 
 
 def test_yaml_file_and_declarations_agree():
@@ -85,3 +88,28 @@ def test_params_file_errors(tmp_path):
     bad.write_text("moe_fusion:\n  ros__parameters:\n    sync:\n      slop: 0.02\n")
     with pytest.raises(ValueError, match="/\\*\\*"):
         load_params_file(bad)
+
+
+def test_homography_is_nine_numbers_of_an_invertible_matrix_normalised_to_h22_one():
+    assert validate().homography() is None  # identity: resize only
+    h = validate({"registration.homography": [2.0, 0, 20, 0, 2.0, 10, 0, 0, 2.0]})
+    assert h.registration_homography == (1.0, 0.0, 10.0, 0.0, 1.0, 5.0, 0.0, 0.0, 1.0)
+    assert h.homography() == h.registration_homography
+    assert h.as_dict()["registration.homography"] == [1.0, 0.0, 10.0, 0.0, 1.0, 5.0, 0.0, 0.0, 1.0]
+    for bad, match in (([1.0, 0, 0], "9 finite"), ([1, 0, 0, 0, 1, 0, 0, 0, float("nan")], "9 finite"),
+                       ([0.0] * 9, "invertible"), ([1, 2, 3, 2, 4, 6, 0, 0, 1], "invertible"), ("eye", "9")):
+        with pytest.raises(ValueError, match=match):
+            validate({"registration.homography": bad})
+
+
+def test_live_changes_of_new_pairing_settings_and_foreign_parameters():
+    cur = validate()
+    assert check_change("sync.time_jump_s", 2.0, cur).sync_time_jump_s == 2.0
+    assert check_change("inputs.single_modality", False, cur).inputs_single_modality is False
+    assert check_change("registration.homography", [1, 0, 5, 0, 1, 0, 0, 0, 1], cur).homography()[2] == 5.0
+    with pytest.raises(ValueError, match="outside"):
+        check_change("sync.idle_flush_s", 0.0, cur)
+    # parameters rclpy declares itself are not ours to check (a node must accept them)
+    for name in ("use_sim_time", "qos_overrides./fused/image.publisher.depth", "diagnostic_updater.period"):
+        assert not is_ours(name)
+    assert is_ours("sync.slop")

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from moe_fusion_ros.latest import BufferClosed, FifoBuffer, LatestSlot, make_buffer
-from moe_fusion_ros.pipeline import FusionPipeline, fake_image_message, node_path_benchmark
+from moe_fusion_ros.pipeline import FusionPipeline
 from moe_fusion_ros.sync import RGB, THERMAL
+from moe_fusion_ros.thermal import image_from_array
 
 T0 = 1_700_000_000 * 1_000_000_000
 MS = 1_000_000
@@ -44,8 +45,8 @@ def test_pipeline_pairs_decodes_fuses_and_builds_messages(engine):
     outs = []
     for k in range(3):
         ir, vis = scene(48, 64, k)
-        th = fake_image_message(ir, T0 + k * 40 * MS + 4 * MS, "thermal")  # mono16
-        rgb = fake_image_message(np.ascontiguousarray(vis[..., ::-1]), T0 + k * 40 * MS, "cam_optical", "bgr8")
+        th = image_from_array(ir, T0 + k * 40 * MS + 4 * MS, "thermal")  # mono16
+        rgb = image_from_array(np.ascontiguousarray(vis[..., ::-1]), T0 + k * 40 * MS, "cam_optical", "bgr8")
         for stream, m in ((THERMAL, th), (RGB, rgb)):
             for p in pipe.add(stream, m):
                 outs.append(pipe.process(p.thermal, p.rgb, debug=True))
@@ -74,19 +75,19 @@ def test_pipeline_pairs_decodes_fuses_and_builds_messages(engine):
 def test_bad_frames_are_counted_and_skipped_and_sizes_may_differ(engine):
     pipe = FusionPipeline(engine, color=True, frame_id="fallback_frame")
     ir, vis = scene(24, 32, 0)
-    bad = fake_image_message(ir, T0, "thermal")
+    bad = image_from_array(ir, T0, "thermal")
     bad.encoding = "yuv422"
-    rgb = fake_image_message(vis, T0, "")
+    rgb = image_from_array(vis, T0, "")
     assert pipe.process(bad, rgb) is None
     assert len(pipe.failures) == 1 and "yuv422" in pipe.failures[0].reason
-    short = fake_image_message(ir, T0, "thermal")
+    short = image_from_array(ir, T0, "thermal")
     short.data = short.data[:7]
     assert pipe.process(short, rgb) is None
     assert "too short" in pipe.failures[1].reason
-    nan = fake_image_message(np.full((24, 32), np.nan, np.float32), T0, "thermal")
+    nan = image_from_array(np.full((24, 32), np.nan, np.float32), T0, "thermal")
     assert pipe.process(nan, rgb) is None and "no finite pixel" in pipe.failures[2].reason
     _, big_vis = scene(48, 64, 1)
-    out = pipe.process(fake_image_message(ir, T0, "thermal"), fake_image_message(big_vis, T0, ""))
+    out = pipe.process(image_from_array(ir, T0, "thermal"), image_from_array(big_vis, T0, ""))
     assert out is not None and pipe.resized == 1
     assert (out.image["encoding"], out.image["height"], out.image["width"]) == ("rgb8", 48, 64)
     assert out.header["frame_id"] == "fallback_frame"
@@ -140,12 +141,19 @@ def test_fifo_buffer_and_factory():
         make_buffer("some")
 
 
-def test_node_path_benchmark_times_every_pair():
-    ir, vis = scene(120, 160, 3)
-    times = node_path_benchmark(ir, vis, 10)
-    assert len(times) == 10 and all(t > 0 for t in times)
-    with pytest.raises(ValueError):
-        node_path_benchmark(ir, vis, 0)
+def test_node_path_benchmark_prints_a_row_per_size_and_thermal_type(data_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "benchmarks/bench_node_path.py", "--sizes", "160x120", "--iters", "5",
+                           "--pair-dir", str(data_dir / "msrs")], cwd=repo, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 160x120")]
+    assert len(rows) == 2 and "mono8" in rows[0] and "mono16" in rows[1]
+    assert all(float(r.split("|")[3]) > 0 for r in rows)
 
 
 def camera_info_msg(stamp: int, width: int, height: int, fx: float) -> SimpleNamespace:
@@ -159,18 +167,81 @@ def camera_info_msg(stamp: int, width: int, height: int, fx: float) -> SimpleNam
 def test_camera_info_goes_out_with_the_image_of_its_stamp_and_a_wrong_one_is_counted(engine):
     pipe = FusionPipeline(engine, slop=0.02, detections=False)
     ir, vis = scene(48, 64, 0)
-    th = [fake_image_message(ir, T0 + k * 40 * MS + 4 * MS, "thermal") for k in range(3)]
-    rgb = [fake_image_message(vis, T0 + k * 40 * MS, "camera") for k in range(3)]
+    th = [image_from_array(ir, T0 + k * 40 * MS + 4 * MS, "thermal") for k in range(3)]
+    rgb = [image_from_array(vis, T0 + k * 40 * MS, "camera") for k in range(3)]
     assert pipe.process(th[0], rgb[0]).camera_info is None  # none received yet: none published
     for k in range(3):
         pipe.set_camera_info(camera_info_msg(T0 + k * 40 * MS, 64, 48, 500.0 + k))
     o = pipe.process(th[1], rgb[1])  # the info of the same stamp, not the latest
     assert o.camera_info["header"] == o.header and o.camera_info["k"][0] == 501.0
-    later = fake_image_message(vis, T0 + 9 * 40 * MS, "camera")  # no info with this stamp: the latest
+    later = image_from_array(vis, T0 + 9 * 40 * MS, "camera")  # no info with this stamp: the latest
     assert pipe.process(th[2], later).camera_info["k"][0] == 502.0
     pipe.set_camera_info(camera_info_msg(T0 + 10 * 40 * MS, 640, 480, 500.0))  # another camera resolution
-    o = pipe.process(th[2], fake_image_message(vis, T0 + 10 * 40 * MS, "camera"))
+    o = pipe.process(th[2], image_from_array(vis, T0 + 10 * 40 * MS, "camera"))
     assert o is not None and o.camera_info is None  # the image still goes out
     assert pipe.camera_info_errors == {"RGB camera_info is for 640x480 but the image is 64x48": 1}
     pipe.camera_info = False
     assert pipe.process(th[1], rgb[1]).camera_info is None
+
+
+def test_single_input_is_fused_with_the_missing_image_blank_in_rgb_pixels(engine):
+    from moe_fusion_ros.inputs import Single
+
+    pipe = FusionPipeline(engine, detections=False)
+    ir, vis = scene(48, 64, 2)
+    small_ir = ir[::2, ::2].copy()  # the thermal camera has half the resolution
+    out = pipe.process_single(Single(THERMAL, image_from_array(small_ir, T0, "thermal"), T0, RGB))
+    assert out is not None and out.header["frame_id"] == "thermal"  # no RGB seen yet: the thermal frame
+    assert (out.image["height"], out.image["width"]) == (24, 32)
+    pipe.process(image_from_array(small_ir, T0 + MS, "thermal"), image_from_array(vis, T0, "camera"))
+    out = pipe.process_single(Single(THERMAL, image_from_array(small_ir, T0 + 40 * MS, "thermal"), T0 + 40 * MS,
+                                     RGB))
+    assert (out.image["height"], out.image["width"]) == (48, 64) and out.header["frame_id"] == "camera"
+    assert out.header["stamp"] == {"sec": (T0 + 40 * MS) // 10**9, "nanosec": (T0 + 40 * MS) % 10**9}
+    st = out.status["status"][0]
+    assert st["level"] == 1 and st["message"] == "thermal only (rgb missing)"
+    out = pipe.process_single(Single(RGB, image_from_array(vis, T0 + 80 * MS, "camera"), T0 + 80 * MS, THERMAL))
+    assert out.status["status"][0]["values"] == [{"key": "thermal", "value": "missing"},
+                                                 {"key": "rgb", "value": "ok"}]  # no thermal stamp
+    assert pipe.singles == {RGB: 2, THERMAL: 1}
+    both = pipe.process(image_from_array(small_ir, T0 + 121 * MS, "thermal"), image_from_array(vis, T0, "camera"))
+    assert both.status["status"][0]["level"] == 0 and both.status["status"][0]["message"] == "fused"
+    assert both.status["status"][0]["values"][2] == {"key": "thermal_stamp_ns", "value": str(T0 + 121 * MS)}
+
+
+def test_thermal_is_registered_by_the_homography_and_odd_aspects_are_refused(engine):
+    from moe_fusion_core.registration import warp_to_rgb
+
+    ir, vis = scene(48, 64, 4)
+    h = [1.0, 0.0, 6.0, 0.0, 1.0, -3.0, 0.0, 0.0, 1.0]  # thermal 6 px left of and 3 px below the RGB view
+    pipe = FusionPipeline(engine, homography=h)
+    ir8 = pipe.thermal_unit(image_from_array(ir, T0, "thermal"))
+    got, _ = pipe.arrays(image_from_array(ir, T0, "thermal"), image_from_array(vis, T0, "camera"))
+    assert np.array_equal(got, warp_to_rgb(ir8, h, (64, 48))) and got[:, :6].max() == 0
+    plain = FusionPipeline(engine)
+    wide = image_from_array(np.zeros((30, 64), np.uint16), T0, "thermal")  # aspect 2.13 vs 1.33
+    assert plain.process(wide, image_from_array(vis, T0, "camera")) is None
+    assert plain.failure_counts == {"RegistrationError": 1} and "registration.homography" in plain.failures[0].reason
+
+
+def test_float_thermal_with_a_few_nan_pixels_is_fused_and_with_many_is_skipped(engine):
+    pipe = FusionPipeline(engine, detections=False, max_invalid_fraction=0.01)
+    rgb = image_from_array(scene(48, 64, 0)[1], T0, "camera")
+    temps = np.random.default_rng(0).normal(300.0, 5.0, (48, 64)).astype(np.float32)  # kelvin
+    dead = temps.copy()
+    dead[0, :10] = np.nan  # 10 dead pixels: 0.3 %
+    assert pipe.process(image_from_array(dead, T0, "thermal"), rgb) is not None
+    half = temps.copy()
+    half[:24] = np.nan
+    assert pipe.process(image_from_array(half, T0, "thermal"), rgb) is None
+    assert pipe.failure_counts == {"InvalidThermal": 1} and "50.0%" in pipe.failures[-1].reason
+
+
+def test_node_keeps_bounded_history(engine):
+    pipe = FusionPipeline(engine, keep_history=False, detections=False)
+    rgb = image_from_array(scene(48, 64, 0)[1], T0, "camera")
+    bad = image_from_array(np.zeros((48, 64), np.uint8), T0, "thermal")
+    bad.encoding = "yuv422"
+    for _ in range(150):
+        pipe.process(bad, rgb)
+    assert len(pipe.failures) == 100 and pipe.failure_counts["UnsupportedEncoding"] == 150

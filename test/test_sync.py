@@ -199,3 +199,50 @@ def test_message_filters_adapter_with_a_stand_in_module(monkeypatch):
     assert got == [("t_extra", "r0"), ("t0", "r1")]
     ats.flush()
     assert got[-1] == ("t1", "r2")
+
+
+def test_sample_bag_played_twice_pairs_both_plays_after_the_time_jump(data_dir):
+    gt = json.loads((data_dir / "bags" / "sample_small.groundtruth.json").read_text())
+    expected = sorted((p["thermal_stamp_ns"], p["rgb_stamp_ns"]) for p in gt["pairs"])
+    events = bag_events(data_dir)
+    resets = []
+    s = PairSynchronizer(0.02, on_reset=lambda stream, newest, stamp: resets.append((stream, newest - stamp)))
+    pairs = []
+    for stream, stamp in events + events:  # `ros2 bag play` twice, or --loop
+        pairs += s.add(stream, stamp, None)
+    pairs += s.flush()
+    got = [(p.thermal_stamp_ns, p.rgb_stamp_ns) for p in pairs]
+    assert sorted(got) == sorted(expected + expected)  # every intended pair, both times, none wrong
+    assert s.stats.time_jumps == 1 and len(resets) == 1
+    assert resets[0][1] > 0.25e9  # it jumped back by most of the bag's 0.84 s
+    assert s.stats.unpaired["out_of_order"] == 0
+
+
+def test_small_backward_steps_are_out_of_order_and_large_ones_reset_pairing():
+    unpaired = []
+    s = PairSynchronizer(0.02, time_jump=0.25, on_unpaired=unpaired.append)
+    s.add(RGB, T0)
+    s.add(THERMAL, T0 + 40 * MS)
+    s.add(THERMAL, T0 + 30 * MS)  # 10 ms back: a reordered frame, dropped
+    assert s.stats.unpaired["out_of_order"] == 1 and s.stats.time_jumps == 0
+    assert s.add(THERMAL, T0 - 2_000 * MS) == []  # 2 s back: a new timeline
+    assert s.stats.time_jumps == 1
+    assert [(u.stamp_ns - T0, u.reason) for u in unpaired] == [
+        (0, "no_partner_within_slop"), (30 * MS, "out_of_order"),
+        (40 * MS, "no_partner_within_slop")]  # the last one: the old timeline, flushed at the jump
+    assert s.pending() == {THERMAL: 1, RGB: 0}
+    pairs = s.add(RGB, T0 - 2_003 * MS) + s.add(THERMAL, T0 - 1_960 * MS) + s.add(RGB, T0 - 1_963 * MS)
+    assert [(p.thermal_stamp_ns, p.rgb_stamp_ns) for p in pairs] == [(T0 - 2_000 * MS, T0 - 2_003 * MS)]
+
+
+def test_settings_change_between_messages():
+    s = PairSynchronizer(0.005)
+    s.add(RGB, T0)
+    s.add(THERMAL, T0 + 15 * MS)
+    assert s.flush() == []  # 15 ms apart: not within 5 ms
+    s.configure(0.02, 5, 0.0)
+    s.add(RGB, T0 + 100 * MS)
+    s.add(THERMAL, T0 + 115 * MS)
+    assert [p.dt_ns for p in s.flush()] == [15 * MS]
+    with pytest.raises(ValueError, match="time_jump"):
+        s.configure(0.02, 5, 0.0, time_jump=0.0)

@@ -1,0 +1,129 @@
+"""The input front end: idle flush, a missing input, clock resets (ROS-free, on a clock the test drives)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from moe_fusion_ros.inputs import InputFrontEnd, InputMonitor, Single, matching_qos
+from moe_fusion_ros.sync import RGB, THERMAL, Pair, PairSynchronizer
+
+MS = 1_000_000
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_000 * MS
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def msg(stamp: int, name: str = "") -> SimpleNamespace:
+    return SimpleNamespace(name=name, header=SimpleNamespace(stamp=SimpleNamespace(sec=stamp // 10**9,
+                                                                                   nanosec=stamp % 10**9)))
+
+
+def front(clock: Clock, **kw) -> tuple[InputFrontEnd, list]:
+    changes: list = []
+    f = InputFrontEnd(PairSynchronizer(0.02), clock, on_missing=lambda a, b: changes.append((a, b)), **kw)
+    return f, changes
+
+
+def test_last_pair_is_published_after_the_idle_timeout_not_held_forever():
+    clock = Clock()
+    f, _ = front(clock, idle_flush_s=0.5)
+    assert f.offer(RGB, msg(T0)) == []
+    clock.t += 10 * MS
+    assert f.offer(THERMAL, msg(T0 + 3 * MS)) == []  # a closer thermal frame could still come
+    clock.t += 400 * MS
+    assert f.tick() == []  # not idle long enough
+    clock.t += 200 * MS
+    (p,) = f.tick()
+    assert isinstance(p, Pair) and (p.thermal_stamp_ns, p.rgb_stamp_ns) == (T0 + 3 * MS, T0)
+    assert f.idle_flushes == 1 and f.tick() == []
+
+
+def test_a_stalled_clock_counts_as_idle():
+    clock = Clock()
+    f, _ = front(clock, idle_flush_s=0.5)
+    f.offer(RGB, msg(T0))
+    f.offer(THERMAL, msg(T0 + 3 * MS))
+    assert f.tick() == []
+    assert len(f.tick(clock_stalled=True)) == 1  # a bag's /clock stopped with the bag
+
+
+def test_missing_input_gives_singles_then_pairs_again_when_it_returns():
+    clock = Clock()
+    f, changes = front(clock, missing_timeout_s=0.5)
+    got = []
+    for k in range(40):  # 2 s of RGB at 20 Hz; thermal stops after 0.25 s
+        clock.t = 1_000 * MS + k * 50 * MS
+        if k < 5:
+            got += f.offer(THERMAL, msg(T0 + k * 50 * MS + 2 * MS, f"t{k}"))
+        got += f.offer(RGB, msg(T0 + k * 50 * MS, f"r{k}"))
+    singles = [g for g in got if isinstance(g, Single)]
+    assert changes == [(None, THERMAL)] and f.missing() == THERMAL
+    assert singles and all(s.stream == RGB and s.missing == THERMAL and s.thermal is None for s in singles)
+    first = int(singles[0].msg.name[1:])
+    assert 14 <= first <= 16  # 0.5 s after the last thermal frame (k=4 at 0.2 s)
+    assert len(singles) == 40 - first and f.singles == len(singles)
+    pairs = [g for g in got if isinstance(g, Pair)]
+    assert {p.thermal.name for p in pairs} <= {f"t{k}" for k in range(5)}
+    clock.t += 50 * MS  # thermal is back
+    f.offer(THERMAL, msg(T0 + 40 * 50 * MS + 2 * MS, "t40"))
+    assert changes[-1] == (THERMAL, None) and f.missing() is None
+    clock.t += 5 * MS
+    out = f.offer(RGB, msg(T0 + 40 * 50 * MS, "r40"))
+    clock.t += 50 * MS
+    out += f.offer(RGB, msg(T0 + 41 * 50 * MS, "r41")) + f.offer(THERMAL, msg(T0 + 41 * 50 * MS + 2 * MS, "t41"))
+    assert [(p.thermal.name, p.rgb.name) for p in out] == [("t40", "r40")]
+
+
+def test_without_single_modality_a_missing_input_publishes_nothing():
+    clock = Clock()
+    f, _ = front(clock, missing_timeout_s=0.2, single_modality=False)
+    for k in range(20):
+        clock.t += 50 * MS
+        assert not [g for g in f.offer(RGB, msg(T0 + k * 50 * MS)) if isinstance(g, Single)]
+    assert f.missing() == THERMAL  # still reported
+
+
+def test_monitor_states_and_startup_grace():
+    m = InputMonitor(0.5)
+    m.seen(RGB, 0)
+    assert m.missing(100 * MS) is None  # thermal may just be slower to start
+    m.seen(RGB, 400 * MS)
+    assert m.status(400 * MS) == {THERMAL: "not seen", RGB: "ok"}
+    m.seen(RGB, 600 * MS)
+    assert m.missing(600 * MS) == THERMAL and m.status(600 * MS)[THERMAL] == "missing"
+    assert m.missing(5_000 * MS) is None  # both silent: the rig stopped, nothing is "missing"
+    m.seen(RGB, 6_000 * MS)  # the rig restarts with the RGB camera first: thermal gets its grace period again
+    assert m.missing(6_000 * MS) is None and m.missing(6_400 * MS) is None
+    m.seen(RGB, 6_450 * MS)
+    m.seen(THERMAL, 6_460 * MS)
+    assert m.missing(6_600 * MS) is None
+    with pytest.raises(ValueError):
+        InputMonitor(0)
+
+
+def test_clock_going_backwards_restarts_the_timeouts():
+    clock = Clock()
+    f, _ = front(clock, missing_timeout_s=0.5)
+    for k in range(30):
+        clock.t += 50 * MS
+        f.offer(RGB, msg(T0 + k * 50 * MS))
+    assert f.missing() == THERMAL
+    clock.t = 10 * MS  # sim time reset (bag looped with --clock)
+    f.offer(THERMAL, msg(T0, "t"))
+    assert f.clock_resets == 1 and f.missing() is None
+
+
+def test_auto_qos_matches_every_publisher_present():
+    assert matching_qos([]) == ("best_effort", "volatile")  # nothing yet: matches whatever comes
+    assert matching_qos([("reliable", "volatile")]) == ("reliable", "volatile")
+    assert matching_qos([("reliable", "volatile"), ("best_effort", "volatile")]) == ("best_effort", "volatile")
+    assert matching_qos([("reliable", "transient_local")] * 2) == ("reliable", "transient_local")
+    assert matching_qos([("reliable", "transient_local"), ("reliable", "volatile")]) == ("reliable", "volatile")
