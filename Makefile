@@ -29,9 +29,10 @@ demo: $(STAMP)
 		--out $(DEMO_OUT)/msrs --color --detections
 	@echo "demo outputs in $(DEMO_OUT)/ (fused_bag/, report.json, msrs/)"
 
+# The node's tests run in a live ROS 2 graph: the ROS 2 sourced in this shell, else $(SHARED)/ros2 (see test/with_ros2.sh).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	MOE_FUSION_SHARED=$(SHARED) $(BIN)/python -m pytest -q
+	MOE_FUSION_SHARED=$(SHARED) PATH="$(abspath $(BIN)):$$PATH" test/with_ros2.sh $(SHARED) $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -134,15 +134,23 @@ class InputFrontEnd:
             self.clock_resets += 1
         return now
 
-    def _update_missing(self, now_ns: int) -> list[Pair]:
-        """Track which input is missing; when one goes missing, the pairs still waiting are committed."""
+    def _update_missing(self, now_ns: int) -> list[Pair | Single]:
+        """Track which input is missing. When one goes missing, the pairs still waiting are committed, and the
+        other input's messages that waited in vain for a partner are fused alone (with ``single_modality``)."""
         gone = self.monitor.missing(now_ns)
         if gone == self._missing:
             return []
         before, self._missing = self._missing, gone
         if self.on_missing is not None:
             self.on_missing(before, gone)
-        return list(self.sync.flush()) if gone is not None else []
+        if gone is None:
+            return []
+        alive = other(gone)
+        out: list[Pair | Single] = list(self.sync.flush(spare=alive if self.single_modality else None))
+        for stamp, msg in self.sync.take(alive):
+            self.singles += 1
+            out.append(Single(alive, msg, stamp, gone))
+        return out
 
     def offer(self, stream: str, msg: Any) -> list[Pair | Single]:
         """One arriving Image message of ``stream``; returns what became ready to fuse."""
@@ -157,7 +165,7 @@ class InputFrontEnd:
                 out += self.sync.add(stream, stamp_ns(msg), msg)
             return out
 
-    def tick(self, clock_stalled: bool = False) -> list[Pair]:
+    def tick(self, clock_stalled: bool = False) -> list[Pair | Single]:
         """Call periodically: commits the waiting pairs once the inputs have been idle for ``idle_flush_s``.
 
         ``clock_stalled``: the caller's clock has not moved for ``idle_flush_s`` of real time (a bag's /clock

@@ -62,7 +62,7 @@ from . import health
 from .convert import to_ros
 from .inputs import InputFrontEnd, Single, matching_qos, other
 from .latest import BufferClosed, make_buffer
-from .params import DECLARATIONS, FusionParams, ParamSpec, check_change, check_value, is_ours, validate
+from .params import DECLARATIONS, FusionParams, ParamSpec, check_change, is_ours, validate
 from .pipeline import FusionPipeline
 from .sync import RGB, THERMAL, optimal_approximate_time_synchronizer
 from .thermal import stamp_ns
@@ -142,6 +142,7 @@ class FusionNode(LifecycleNode):
         self.last_skip: str | None = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._ticker: Any = None
+        self._requalify = False
         self._ros_time = (0, time.monotonic())  # last ROS time seen by the ticker, and when it changed
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -152,9 +153,9 @@ class FusionNode(LifecycleNode):
     def _on_set_parameters(self, params: list[Any]) -> SetParametersResult:
         ours = [p for p in params if is_ours(p.name)]  # others (use_sim_time, qos_overrides.*, ...) are rclpy's
         try:
-            if self.params is None:  # unconfigured: any of ours may change; each value is checked now, all at configure
-                for p in ours:
-                    check_value(p.name, p.value)
+            if self.params is None:  # unconfigured: any of ours may change, checked with the others' current values
+                current = {s.name: self.get_parameter(s.name).value for s in DECLARATIONS}
+                validate({**current, **{p.name: p.value for p in ours}})
                 return SetParametersResult(successful=True)
             new = self.params
             for p in ours:
@@ -263,17 +264,9 @@ class FusionNode(LifecycleNode):
         self.front = InputFrontEnd(self.pipeline.sync, self._ros_now_ns, idle_flush_s=p.sync_idle_flush_s,
                                    missing_timeout_s=p.inputs_missing_timeout_s,
                                    single_modality=p.inputs_single_modality, on_missing=self._on_missing)
-        events = _event_callbacks(self._on_incompatible_qos)
-        self.subs = []
-        for key, topic in INPUTS.items():
-            sub = message_filters.Subscriber(self, Image, topic, qos_profile=self._input_qos(topic),
-                                             event_callbacks=events)
-            sub.registerCallback(self._on_input, key)
-            self.subs.append(sub)
+        self._subscribe()
         self.sync = optimal_approximate_time_synchronizer(self.subs, source=self.front)
         self.sync.registerCallback(self._on_pair)
-        self.info_sub = self.create_subscription(CameraInfo, RGB_INFO, self.pipeline.set_camera_info,
-                                                 self._input_qos(RGB_INFO))
         self.buffer = make_buffer(p.processing_mode)
         self.worker = threading.Thread(target=self._work, name="moe_fusion_worker", daemon=True)
         self.worker.start()
@@ -284,6 +277,33 @@ class FusionNode(LifecycleNode):
                                f"(slop {p.sync_slop} s, mode {p.processing_mode})")
         return super().on_activate(state)
 
+    def _subscribe(self) -> None:
+        """The input subscriptions (message_filters subscribers for the images, CameraInfo), QoS per parameter."""
+        events = _event_callbacks(self._on_incompatible_qos)
+        self.subs = []
+        for key, topic in INPUTS.items():
+            sub = message_filters.Subscriber(self, Image, topic, qos_profile=self._input_qos(topic),
+                                             event_callbacks=events)
+            sub.registerCallback(self._on_input, key)
+            self.subs.append(sub)
+        self.info_sub = self.create_subscription(CameraInfo, RGB_INFO, self.pipeline.set_camera_info,
+                                                 self._input_qos(RGB_INFO), event_callbacks=events)
+        self._requalify = False
+
+    def _unsubscribe(self) -> None:
+        for sub in self.subs:
+            self.destroy_subscription(sub.sub)
+        self.subs = []
+        if self.info_sub is not None:
+            self.destroy_subscription(self.info_sub)
+            self.info_sub = None
+
+    def _resubscribe(self) -> None:
+        """``auto`` QoS and a publisher the subscriptions cannot hear: subscribe again, matching every publisher."""
+        self._unsubscribe()
+        self._subscribe()
+        self.sync.connectInput(self.subs)
+
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._stop()
         return super().on_deactivate(state)
@@ -293,12 +313,8 @@ class FusionNode(LifecycleNode):
         if self._ticker is not None:
             self.destroy_timer(self._ticker)
             self._ticker = None
-        for sub in self.subs:
-            self.destroy_subscription(sub.sub)
-        self.subs, self.sync, self.front = [], None, None
-        if self.info_sub is not None:
-            self.destroy_subscription(self.info_sub)
-            self.info_sub = None
+        self._unsubscribe()
+        self.sync, self.front = None, None
         if self.buffer is not None:
             self.buffer.close()
         if self.worker is not None:
@@ -333,10 +349,16 @@ class FusionNode(LifecycleNode):
     # ------------------------------------------------------------------ callbacks (executor thread: keep short)
     def _on_incompatible_qos(self, event: Any) -> None:
         self.incompatible_qos += 1
+        policy = getattr(getattr(event, "last_policy_kind", None), "name", "?")
+        if self.params is not None and self.params.qos_input_reliability == "auto":
+            self._requalify = True  # the steady timer re-subscribes (not from inside this subscription's callback)
+            self.get_logger().warning(f"a new input publisher offers an incompatible QoS ({policy}): re-subscribing "
+                                      "to match every publisher (qos.input_reliability auto)")
+            return
         self.get_logger().warning(
-            "an input publisher's QoS is incompatible with this node's subscription, nothing is received from it "
-            f"(total_count {getattr(event, 'total_count', '?')}): set qos.input_reliability:=best_effort (matches "
-            "reliable and best-effort publishers), or make the publisher reliable", throttle_duration_sec=5.0)
+            f"an input publisher's QoS is incompatible with this node's subscription ({policy}): nothing is "
+            "received from it. Set qos.input_reliability:=best_effort or auto (both match reliable and best-effort "
+            "publishers), or make the publisher reliable", throttle_duration_sec=5.0)
 
     def _on_time_jump(self, stream: str, newest_ns: int, stamp_ns_: int) -> None:
         self.last_jump_time = time.monotonic()
@@ -366,6 +388,8 @@ class FusionNode(LifecycleNode):
         """Steady timer: idle flush and missing inputs, also while a bag's /clock stands still."""
         if self.sync is None or self.params is None:
             return
+        if self._requalify:
+            self._resubscribe()
         ros_now, mono = self._ros_now_ns(), time.monotonic()
         if ros_now != self._ros_time[0]:
             self._ros_time = (ros_now, mono)
@@ -420,6 +444,9 @@ class FusionNode(LifecycleNode):
 
         if self.updater is None:
             self.updater = diagnostic_updater.Updater(self, period=1.0)
+            # its timer runs on the node clock, which stops with a bag's /clock: publish on wall time instead
+            self.destroy_timer(self.updater.timer)
+            self.updater.timer = self.create_timer(self.updater.period, self.updater.update, clock=self._steady)
             self.updater.add("inputs", self._diag(self._inputs_status))
             self.updater.add("sync", self._diag(self._sync_status))
             self.updater.add("inference", self._diag(self._inference_status))

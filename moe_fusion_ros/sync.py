@@ -150,9 +150,17 @@ class PairSynchronizer:
     def add_rgb(self, stamp_ns: int, msg: Any = None) -> list[Pair]:
         return self.add(RGB, stamp_ns, msg)
 
-    def flush(self) -> list[Pair]:
-        """End of stream: commit what can still pair, report the rest as unpaired, empty the queues."""
-        return self._process(final=True)
+    def flush(self, spare: str | None = None) -> list[Pair]:
+        """End of stream: commit what can still pair, report the rest as unpaired, empty the queues.
+
+        ``spare``: the leftover messages of that stream are kept (not reported) for :meth:`take`."""
+        return self._process(final=True, spare=spare)
+
+    def take(self, stream: str) -> list[tuple[int, Any]]:
+        """Remove and return the (stamp, message) still waiting in ``stream``, oldest first, without reporting them."""
+        out = [(e.stamp_ns, e.msg) for e in self._queues[stream]]
+        self._queues[stream] = []
+        return out
 
     def pending(self) -> dict[str, int]:
         """Messages still waiting for a decision, per stream."""
@@ -179,7 +187,7 @@ class PairSynchronizer:
         nt, nr = self._newest[THERMAL], self._newest[RGB]
         return nt is not None and nr is not None and nt >= r.key + d and nr >= t.key + d
 
-    def _process(self, final: bool) -> list[Pair]:
+    def _process(self, final: bool, spare: str | None = None) -> list[Pair]:
         out: list[Pair] = []
         while True:
             edges = self._edges()
@@ -209,7 +217,7 @@ class PairSynchronizer:
             newest_other = self._newest[other]
             keep = []
             for e in self._queues[stream]:
-                dead = id(e) not in touched and (
+                dead = id(e) not in touched and stream != spare and (
                     final or (newest_other is not None and newest_other >= e.key + self.slop_ns))
                 if dead:
                     self._drop(stream, e, "superseded" if e.had_candidate else "no_partner_within_slop")

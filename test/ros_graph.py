@@ -324,3 +324,65 @@ class BagPlayer:
 
 def stamp_of(msg: Any) -> int:
     return msg.header.stamp.sec * NS + msg.header.stamp.nanosec
+
+
+class Frames:
+    """Real frames of a bag (first thermal / RGB / camera_info message), re-stamped and re-serialised on demand."""
+
+    TYPES: ClassVar[dict[str, str]] = {"thermal": "sensor_msgs/msg/Image", "rgb": "sensor_msgs/msg/Image",
+                                       "rgb_info": "sensor_msgs/msg/CameraInfo"}
+
+    def __init__(self, player: BagPlayer) -> None:
+        from rosbags.typesys import Stores, get_typestore
+
+        self.ts = get_typestore(Stores.ROS2_JAZZY)
+        self.msgs: dict[str, Any] = {}
+        for key, _, raw in player.messages:
+            if key not in self.msgs:
+                self.msgs[key] = self.ts.deserialize_cdr(raw, self.TYPES[key])
+
+    def raw(self, key: str, stamp: int, **fields: Any) -> bytes:
+        """CDR bytes of the ``key`` frame with header stamp ``stamp`` and any fields replaced."""
+        import copy
+
+        m = copy.copy(self.msgs[key])
+        m.header = copy.copy(m.header)
+        m.header.stamp = type(m.header.stamp)(sec=stamp // NS, nanosec=stamp % NS)
+        for k, v in fields.items():
+            setattr(m, k, v)
+        return bytes(self.ts.serialize_cdr(m, self.TYPES[key]))
+
+
+def stream(probe: Probe, frames: Frames, seconds: float, t0_stamp: int, thermal_hz: float = 30.0,
+           rgb_hz: float = 25.0, thermal_offset_ns: int = 5_000_000,
+           drop: Callable[[str, float], bool] | None = None) -> dict[int, float]:
+    """Publish both cameras in real time for ``seconds`` (stamp = t0_stamp + time since start); ``drop(key, t)``
+    leaves messages out. Returns {rgb stamp: time.monotonic() when published}."""
+    start = time.monotonic()
+    count = {"thermal": 0, "rgb": 0}
+    hz = {"thermal": thermal_hz, "rgb": rgb_hz}
+    sent: dict[int, float] = {}
+    while True:
+        key = min(count, key=lambda k: count[k] / hz[k])
+        t = count[key] / hz[key]  # frame k at exactly k / hz: no accumulated rounding
+        if t > seconds:
+            return sent
+        wait = start + t - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        count[key] += 1
+        if drop is not None and drop(key, t):
+            continue
+        stamp = t0_stamp + round(t * NS) + (thermal_offset_ns if key == "thermal" else 0)
+        probe.pub[key].publish(frames.raw(key, stamp))
+        if key == "rgb":
+            sent[stamp] = time.monotonic()
+
+
+def fused_pairs(probe: Probe) -> list[tuple[int, int]]:
+    """(thermal stamp, rgb stamp) of every fused frame received: ``fused/status`` names the thermal frame fused."""
+    out = []
+    for m in probe.messages("status"):
+        values = {kv.key: kv.value for kv in m.status[0].values}
+        out.append((int(values.get("thermal_stamp_ns", -1)), stamp_of(m)))
+    return out

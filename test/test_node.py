@@ -1,39 +1,64 @@
-"""Proof of life of the rclpy node (Isaac ROS pattern: an untrained model, so only headers and shapes are checked).
-
-Skipped where ROS 2 is not installed; run it in a sourced Humble/Jazzy environment.
-"""
+"""The rclpy node in this process: lifecycle transitions in every order, threads and subscriptions, failed configure,
+incompatible QoS. Runs in a live ROS 2 graph (skips without ROS 2, fails under MOE_FUSION_REQUIRE_ROS=1)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="ROS 2 (rclpy) not installed: source /opt/ros/<distro>/setup.bash")
-pytest.importorskip("message_filters", reason="message_filters not installed")
-pytest.importorskip("vision_msgs", reason="vision_msgs not installed")
-pytest.importorskip("diagnostic_updater", reason="diagnostic_updater not installed")
-
-T0 = 1_700_000_000 * 1_000_000_000
 MS = 1_000_000
+FAST = {"model.device": "cpu", "model.warmup_iters": 0, "model.max_side": 128, "model.detections": False}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from moe_fusion_core.checkpoint import save_model
-    from moe_fusion_core.config import named_config
-    from moe_fusion_core.model.moe_fusion import build_model
+def make_node(**params):
+    from rclpy.parameter import Parameter
 
-    cfg = named_config("embedded")
-    return save_model(build_model(cfg.model).eval(), cfg, tmp_path_factory.mktemp("ckpt") / "model")
+    from moe_fusion_ros.node import FusionNode
+
+    remaps = ["-r", "thermal/image_raw:=/thermal/image_raw", "-r", "rgb/image_raw:=/camera/image_raw",
+              "-r", "rgb/camera_info:=/camera/camera_info"]  # as launch/fusion.launch.py does
+    return FusionNode(parameter_overrides=[Parameter(k, value=v) for k, v in {**FAST, **params}.items()],
+                      cli_args=["--ros-args", *remaps])
 
 
-@pytest.fixture()
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
+class Spinner:
+    """Spins a node on a background executor thread, as rclpy.spin would in the node's own process."""
+
+    def __init__(self, node) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.ex = SingleThreadedExecutor()
+        self.ex.add_node(node)
+        self.running = True
+        self.th = threading.Thread(target=self._loop, daemon=True)
+        self.th.start()
+
+    def _loop(self) -> None:
+        while self.running:
+            self.ex.spin_once(timeout_sec=0.02)
+
+    def stop(self) -> None:
+        self.running = False
+        self.th.join(timeout=5)
+        self.ex.shutdown()
+
+
+def workers() -> int:
+    return sum(t.name == "moe_fusion_worker" and t.is_alive() for t in threading.enumerate())
+
+
+def graph(probe) -> dict[str, int]:
+    n = probe.node
+    return {"subs": n.count_subscribers("/thermal/image_raw") + n.count_subscribers("/camera/image_raw"),
+            "pubs": n.count_publishers("/fused/image")}
+
+
+def settle(probe, want: dict[str, int], timeout: float = 10.0) -> dict[str, int]:
+    probe.wait(lambda: graph(probe) == want, timeout)
+    return graph(probe)
 
 
 def image(stamp: int, frame: str, arr: np.ndarray, encoding: str):
@@ -47,73 +72,95 @@ def image(stamp: int, frame: str, arr: np.ndarray, encoding: str):
     return m
 
 
-def test_descriptors_carry_types_ranges_and_read_only():
-    from rcl_interfaces.msg import ParameterType
+@pytest.fixture()
+def probe(ros_domain):
+    from ros_graph import Probe
 
-    from moe_fusion_ros.node import descriptor
-    from moe_fusion_ros.params import SPECS
-
-    d = descriptor(SPECS["sync.slop"])
-    assert d.type == ParameterType.PARAMETER_DOUBLE and d.floating_point_range[0].to_value == 1.0
-    d = descriptor(SPECS["sync.queue_size"])
-    assert d.type == ParameterType.PARAMETER_INTEGER and d.integer_range[0].from_value == 1
-    assert descriptor(SPECS["model.device"]).read_only
+    p = Probe(name=f"probe_{time.monotonic_ns()}", ns="/fused")
+    yield p
+    p.close()
 
 
-def test_node_publishes_fused_image_detections_and_camera_info_with_the_rgb_header(ros, checkpoint):
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
-    from sensor_msgs.msg import CameraInfo, Image
-    from vision_msgs.msg import Detection2DArray
+def test_every_lifecycle_order_leaves_no_thread_or_subscription_behind(probe):
+    from rclpy.lifecycle import TransitionCallbackReturn as R
 
-    from moe_fusion_ros.node import FusionNode
-
-    node = FusionNode(parameter_overrides=[
-        Parameter("model.checkpoint", value=str(checkpoint)), Parameter("model.device", value="cpu"),
-        Parameter("model.warmup_iters", value=0), Parameter("qos.input_reliability", value="reliable"),
-        Parameter("processing.mode", value="all")])
-    helper = rclpy.create_node("moe_fusion_test_helper")
-    got: dict[str, list] = {"image": [], "det": [], "info": []}
-    helper.create_subscription(Image, "fused/image", lambda m: got["image"].append(m), 10)
-    helper.create_subscription(Detection2DArray, "fused/detections", lambda m: got["det"].append(m), 10)
-    helper.create_subscription(CameraInfo, "fused/camera_info", lambda m: got["info"].append(m), 10)
-    pub_t = helper.create_publisher(Image, "thermal/image_raw", 10)
-    pub_r = helper.create_publisher(Image, "rgb/image_raw", 10)
-    pub_i = helper.create_publisher(CameraInfo, "rgb/camera_info", 10)
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    ex.add_node(helper)
+    node = make_node()
+    spin = Spinner(node)
     try:
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and 0 in (pub_t.get_subscription_count(), pub_r.get_subscription_count()):
-            ex.spin_once(timeout_sec=0.05)
+        assert settle(probe, {"subs": 0, "pubs": 0}) == {"subs": 0, "pubs": 0} and workers() == 0
+        for step, want, n_workers in (
+                ("configure", {"subs": 0, "pubs": 1}, 0), ("activate", {"subs": 2, "pubs": 1}, 1),
+                ("deactivate", {"subs": 0, "pubs": 1}, 0), ("activate", {"subs": 2, "pubs": 1}, 1),
+                ("deactivate", {"subs": 0, "pubs": 1}, 0), ("cleanup", {"subs": 0, "pubs": 0}, 0),
+                ("configure", {"subs": 0, "pubs": 1}, 0), ("activate", {"subs": 2, "pubs": 1}, 1)):
+            assert getattr(node, f"trigger_{step}")() == R.SUCCESS, step
+            assert settle(probe, want) == want, step
+            assert workers() == n_workers, step
+        # active again after the round trip: it still fuses
         rng = np.random.default_rng(0)
-        for k in range(3):  # the third pair makes the first two final
-            pub_t.publish(image(T0 + k * 40 * MS + 3 * MS, "thermal",
-                                (rng.integers(0, 4000, (48, 64)) + 28000).astype(np.uint16), "mono16"))
-            info = CameraInfo(width=64, height=48, distortion_model="plumb_bob")
-            info.header.stamp.sec, info.header.stamp.nanosec = (T0 + k * 40 * MS) // 10**9, (T0 + k * 40 * MS) % 10**9
-            info.k = [300.0, 0.0, 32.0, 0.0, 300.0, 24.0, 0.0, 0.0, 1.0]
-            pub_i.publish(info)
-            pub_r.publish(image(T0 + k * 40 * MS, "camera_optical", rng.integers(0, 255, (48, 64, 3)).astype(np.uint8),
-                                "rgb8"))
-            ex.spin_once(timeout_sec=0.05)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (len(got["image"]) < 2 or len(got["det"]) < 2):
-            ex.spin_once(timeout_sec=0.1)
-        assert len(got["image"]) >= 2 and len(got["det"]) >= 2
-        first = got["image"][0]
-        assert (first.header.stamp.sec, first.header.stamp.nanosec) == (T0 // 10**9, T0 % 10**9)
-        assert first.header.frame_id == "camera_optical"
-        assert (first.width, first.height, first.encoding) == (64, 48, "mono8")
-        assert got["det"][0].header == first.header
-        assert got["info"] and got["info"][0].header == first.header and got["info"][0].k[0] == 300.0
+        t0 = 1_700_000_000 * 10**9
+        for k in range(2):
+            probe.pub["thermal"].publish(image(t0 + k * 40 * MS + 2 * MS, "thermal",
+                                               rng.integers(0, 255, (48, 64)).astype(np.uint8), "mono8"))
+            probe.pub["rgb"].publish(image(t0 + k * 40 * MS, "camera",
+                                           rng.integers(0, 255, (48, 64, 3)).astype(np.uint8), "rgb8"))
+        assert probe.wait(lambda: len(probe.messages("image")) >= 2, 120), "no output after re-activation"
+        assert node.trigger_shutdown() == R.SUCCESS  # from active
+        assert settle(probe, {"subs": 0, "pubs": 0}) == {"subs": 0, "pubs": 0} and workers() == 0
     finally:
+        spin.stop()
+        node.destroy_node()
+    for first in ([], ["configure"]):  # shutdown from unconfigured and from inactive
+        node = make_node()
+        try:
+            for step in first:
+                assert getattr(node, f"trigger_{step}")() == R.SUCCESS
+            assert node.trigger_shutdown() == R.SUCCESS
+            assert settle(probe, {"subs": 0, "pubs": 0}) == {"subs": 0, "pubs": 0} and workers() == 0
+        finally:
+            node.destroy_node()
+
+
+def test_failed_configure_says_why_and_the_node_recovers_after_fixing_the_parameter(probe, tmp_path, capfd):
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from rclpy.parameter import Parameter
+
+    missing = tmp_path / "no_such_model"
+    node = make_node(**{"model.checkpoint": str(missing)})
+    try:
+        assert node.trigger_configure() == R.FAILURE
+        err = capfd.readouterr().err
+        assert "configure failed: CheckpointError" in err and f"{missing}: no checkpoint here" in err
+        assert settle(probe, {"subs": 0, "pubs": 0}) == {"subs": 0, "pubs": 0}
+        # unconfigured: model parameters may change (configured, they are refused), bad values never
+        bad = node.set_parameters([Parameter("model.device", value="gpu7")])[0]
+        assert not bad.successful and "model.device" in bad.reason
+        assert node.set_parameters([Parameter("model.checkpoint", value="")])[0].successful
+        assert node.trigger_configure() == R.SUCCESS
+        refused = node.set_parameters([Parameter("model.checkpoint", value=str(missing))])[0]
+        assert not refused.successful and "read-only while the node is configured" in refused.reason
+        assert node.trigger_cleanup() == R.SUCCESS
+    finally:
+        node.destroy_node()
+
+
+def test_a_best_effort_camera_and_a_reliable_subscription_is_counted_and_the_fix_named(ros_domain, capfd):
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+    from ros_graph import Probe
+
+    be = Probe(name=f"be_probe_{time.monotonic_ns()}", reliable_inputs=False)  # a best-effort camera driver
+    node = make_node(**{"qos.input_reliability": "reliable"})
+    spin = Spinner(node)
+    try:
+        assert node.trigger_configure() == R.SUCCESS and node.trigger_activate() == R.SUCCESS
+        assert be.wait(lambda: node.incompatible_qos > 0, 20), "no incompatible-QoS event"
+        assert "qos.input_reliability:=best_effort" in capfd.readouterr().err
+        status = node._inputs_status()
+        assert dict(status.values)["incompatible QoS events"] == str(node.incompatible_qos)
+        assert "best_effort" in status.message
         node.trigger_deactivate()
         node.trigger_cleanup()
-        ex.shutdown()
+    finally:
+        spin.stop()
         node.destroy_node()
-        helper.destroy_node()
+        be.close()

@@ -1,0 +1,262 @@
+"""The node as users run it: ``colcon build`` of this repository, ``ros2 launch moe_fusion_ros fusion.launch.py``,
+a real rosbag2 played into it, outputs checked on the wire. Skips without ROS 2 (fails under
+MOE_FUSION_REQUIRE_ROS=1, i.e. ``make test`` with ROS sourced, so on CI).
+
+One launched node (``processing.mode: all``, the embedded model at ``model.max_side: 224`` so that a CPU keeps up)
+serves the tests of this module in order; each test restores what it changes.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from ros_graph import fused_pairs
+
+MS = 1_000_000
+NS = 1_000_000_000
+WAIT = 240.0  # seconds to wait for outputs: generous, a CPU shared with other jobs may be slow
+
+
+@pytest.fixture(scope="module")
+def probe(live_probe):
+    return live_probe
+
+
+@pytest.fixture(scope="module")
+def node(colcon_install, live_probe, tmp_path_factory):
+    from ros_graph import Launched, params_file
+
+    tmp = tmp_path_factory.mktemp("node")
+    params = params_file(tmp / "params.yaml", {"model.warmup_iters": 0, "processing.mode": "all",
+                                               "model.max_side": 224})
+    launched = Launched(colcon_install, {"device": "cpu", "params_file": str(params)}, tmp / "launch.log")
+    try:
+        assert live_probe.wait_for_node(300), f"node never became active:\n{launched.log()[-4000:]}"
+        yield launched
+    finally:
+        launched.stop(signal.SIGINT)
+
+
+def set_ok(probe, **values) -> None:
+    results = probe.set_params("/moe_fusion", {k.replace("__", "."): v for k, v in values.items()})
+    assert all(r.successful for r in results), [r.reason for r in results]
+
+
+def test_sample_bag_gives_every_intended_pair_once_with_the_rgb_header_at_the_rgb_size(node, probe, bag, truth):
+    from ros_graph import stamp_of
+
+    probe.clear()
+    bag.play(probe)
+    n = len(truth["pairs"])
+    assert probe.wait(lambda: len(probe.messages("status")) >= n and len(probe.messages("image")) >= n, WAIT), \
+        f"{len(probe.messages('image'))} of {n} pairs published:\n{node.log()[-3000:]}"
+    time.sleep(1.0)  # nothing more may come
+    pairs = fused_pairs(probe)
+    assert sorted(pairs) == sorted(truth["pairs"])  # every intended pair once, none wrong
+    images = probe.messages("image")
+    rgb_stamps = sorted(r for _, r in truth["pairs"])
+    assert sorted(stamp_of(m) for m in images) == rgb_stamps
+    for m in images:
+        assert (m.width, m.height, m.encoding, m.header.frame_id) == (448, 320, "mono8", "camera")
+    for key in ("detections", "gates", "camera_info", "status"):
+        msgs = probe.messages(key)
+        stamps = sorted(stamp_of(m) for m in msgs) if key != "gates" else None
+        if key == "gates":
+            assert len(msgs) == n and all(len(m.data) == sum(d.size for d in m.layout.dim) for m in msgs)
+        else:
+            assert stamps == rgb_stamps, key
+    info = probe.messages("camera_info")[0]
+    assert (info.width, info.height, info.header.frame_id) == (448, 320, "camera")
+
+
+def test_the_last_pair_is_published_when_the_inputs_stop_not_held_forever(node, probe, bag):
+    from ros_graph import Frames
+
+    set_ok(probe, sync__idle_flush_s=2.0)
+    try:
+        frames = Frames(bag)
+        probe.clear()
+        t0 = 1_800_000_000 * NS
+        probe.pub["rgb"].publish(frames.raw("rgb", t0))
+        probe.pub["thermal"].publish(frames.raw("thermal", t0 + 4 * MS))  # a closer thermal frame could still come
+        sent = time.monotonic()
+        assert probe.wait(lambda: probe.messages("image"), WAIT), node.log()[-3000:]
+        got = probe.received("image")[0]
+        assert got.t - sent >= 2.0  # not before sync.idle_flush_s: a better partner could have come until then
+        assert fused_pairs(probe) == [(t0 + 4 * MS, t0)]
+    finally:
+        set_ok(probe, sync__idle_flush_s=0.5)
+
+
+def test_a_bag_played_twice_gives_all_pairs_both_times_and_the_jump_is_reported_once(node, probe, bag, truth):
+    probe.clear()
+    before = node.log().count("time went backwards")
+    for _ in range(2):  # the second play starts 0.84 s back in time, as `ros2 bag play` twice or --loop
+        bag.play(probe)
+    n = 2 * len(truth["pairs"])
+    assert probe.wait(lambda: len(probe.messages("status")) >= n, WAIT), \
+        f"{len(probe.messages('status'))} of {n}:\n{node.log()[-3000:]}"
+    time.sleep(1.0)
+    assert sorted(fused_pairs(probe)) == sorted(list(truth["pairs"]) * 2)
+    assert probe.wait(lambda: (probe.diagnostics("sync") or {}).get("time jumps (pairing reset)", "0") != "0", 10)
+    sync = probe.diagnostics("sync")
+    jumps = int(sync["time jumps (pairing reset)"])
+    assert jumps >= 2  # the first test's stamps were later than the bag's: that was a jump too
+    assert node.log().count("time went backwards") - before == 2  # once per jump, not per message
+    assert "out_of_order" not in " ".join(sync)
+
+
+def test_parameters_set_at_run_time_act_on_the_next_pair_and_bad_ones_are_refused(node, probe, bag, truth):
+    from ros_graph import Frames
+
+    frames = Frames(bag)
+    out = subprocess.run(["ros2", "param", "set", "--no-daemon", "/moe_fusion", "output.color", "true"],
+                         capture_output=True, text=True, timeout=120)
+    assert "successful" in out.stdout.lower(), out.stdout + out.stderr
+    set_ok(probe, model__score_threshold=1.0)
+    try:
+        probe.clear()
+        t0 = 1_810_000_000 * NS
+        for k in range(2):
+            probe.pub["rgb"].publish(frames.raw("rgb", t0 + k * 100 * MS))
+            probe.pub["thermal"].publish(frames.raw("thermal", t0 + k * 100 * MS + 3 * MS))
+        assert probe.wait(lambda: len(probe.messages("image")) >= 2, WAIT)
+        assert all(m.encoding == "rgb8" and m.step == 3 * m.width for m in probe.messages("image"))
+        assert all(len(m.detections) == 0 for m in probe.messages("detections"))  # nothing scores above 1.0
+        # a slop smaller than the gap refuses the pair
+        set_ok(probe, sync__slop=0.001, output__color=False)
+        probe.clear()
+        t1 = t0 + 10 * NS
+        probe.pub["rgb"].publish(frames.raw("rgb", t1))
+        probe.pub["thermal"].publish(frames.raw("thermal", t1 + 3 * MS))  # 3 ms apart > 1 ms
+        probe.pub["rgb"].publish(frames.raw("rgb", t1 + 100 * MS))
+        probe.pub["thermal"].publish(frames.raw("thermal", t1 + 100 * MS + 500_000))  # 0.5 ms apart
+        assert probe.wait(lambda: probe.messages("image"), WAIT)
+        time.sleep(2.0)  # idle flush done, nothing else may come
+        assert fused_pairs(probe) == [(t1 + 100 * MS + 500_000, t1 + 100 * MS)]
+        assert probe.messages("image")[0].encoding == "mono8"
+        # refused, with the reason
+        (r,) = probe.set_params("/moe_fusion", {"sync.slop": 5.0})
+        assert not r.successful and r.reason
+        (r,) = probe.set_params("/moe_fusion", {"model.device": "cuda:0"})
+        assert not r.successful and "read-only while the node is configured" in r.reason
+        (r,) = probe.set_params("/moe_fusion", {"registration.homography": [0.0] * 9})
+        assert not r.successful and "invertible" in r.reason
+    finally:
+        set_ok(probe, sync__slop=0.02, output__color=False, model__score_threshold=0.3)
+
+
+def test_bad_frames_are_counted_logged_and_the_good_pairs_still_published(node, probe, bag):
+    import numpy as np
+    from ros_graph import Frames
+
+    frames = Frames(bag)
+    th = frames.msgs["thermal"]
+    w, h = int(th.width), int(th.height)
+    temps = np.full((h, w), 300.0, np.float32)
+    temps[: h // 2] = np.nan  # half the frame NaN: more than thermal.max_invalid_fraction
+    bad = {
+        "UnsupportedEncoding": {"encoding": "yuv422"},
+        "MalformedImage": {"step": w - 1},  # a step shorter than a row
+        "MalformedImage/empty": {"data": np.zeros(0, np.uint8)},
+        "RegistrationError": {"width": w, "height": h // 2, "step": w, "data": th.data[: w * (h // 2)]},
+        "InvalidThermal": {"encoding": "32FC1", "step": 4 * w, "data": temps.view(np.uint8).reshape(-1)},
+    }
+    probe.clear()
+    before = node.log().count("frame skipped")
+    t0 = 1_820_000_000 * NS
+    good = []
+    for k, fields in enumerate(bad.values()):
+        s = t0 + k * 200 * MS
+        probe.pub["rgb"].publish(frames.raw("rgb", s))
+        probe.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS, **fields))
+        s += 100 * MS
+        probe.pub["rgb"].publish(frames.raw("rgb", s))
+        probe.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS))
+        good.append((s + 2 * MS, s))
+        time.sleep(0.05)
+    assert probe.wait(lambda: len(probe.messages("status")) >= len(good), WAIT), node.log()[-3000:]
+    time.sleep(2.0)
+    assert sorted(fused_pairs(probe)) == sorted(good)
+
+    def skipped() -> dict[str, str]:
+        d = probe.diagnostics("inference") or {}
+        return {k: v for k, v in d.items() if k.startswith("frames skipped")}
+
+    probe.wait(lambda: int(skipped().get("frames skipped", 0)) >= 5, 10)
+    sk = skipped()
+    assert sk["frames skipped: UnsupportedEncoding"] == "1" and sk["frames skipped: MalformedImage"] == "2"
+    assert sk["frames skipped: RegistrationError"] == "1" and sk["frames skipped: InvalidThermal"] == "1"
+    logged = node.log().count("frame skipped") - before
+    assert 1 <= logged < 5  # logged, throttled
+    assert node.alive()
+
+
+def test_a_stopped_camera_keeps_the_other_publishing_flagged_until_it_returns(node, probe, bag):
+    from ros_graph import Frames, stamp_of, stream
+
+    frames = Frames(bag)
+    set_ok(probe, model__detections=False)
+    try:
+        probe.clear()
+        t0 = 1_830_000_000 * NS
+        # 10 Hz both, the thermal camera stops from 1.0 s to 2.5 s, 3.5 s in all
+        sent = stream(probe, frames, 3.5, t0, thermal_hz=10, rgb_hz=10,
+                      drop=lambda key, t: key == "thermal" and 1.0 <= t < 2.5)
+        assert probe.wait(lambda: len(probe.messages("status")) >= len(sent) - 1, WAIT), node.log()[-3000:]
+        time.sleep(2.0)
+        states = {round((stamp_of(m) - t0) / NS, 2): (m.status[0].message, {kv.key: kv.value for kv in
+                                                                         m.status[0].values})
+                  for m in probe.messages("status")}
+        alone = sorted(t for t, (msg, _) in states.items() if msg == "rgb only (thermal missing)")
+        # no gap: every RGB frame of the outage goes out, the first ones once the thermal camera has been silent
+        # for inputs.missing_timeout_s (0.5 s); then fusion again
+        assert alone == [round(1.0 + 0.1 * k, 2) for k in range(15)], sorted(states.items())  # 1.0 ... 2.4
+        assert all(states[t][1]["thermal"] == "missing" for t in alone)
+        after = [msg for t, (msg, _) in states.items() if t > 2.7]
+        assert after and set(after) == {"fused"}
+        inf = probe.diagnostics("inference")
+        assert int(inf.get("frames without thermal", 0)) >= len(alone)
+        assert "thermal input missing" in node.log() and "thermal input back" in node.log()
+    finally:
+        set_ok(probe, model__detections=True)
+
+
+def test_best_effort_and_reliable_cameras_both_work_with_auto_qos(node, probe, bag, truth):
+    from ros_graph import Frames, Probe
+
+    frames = Frames(bag)
+    for transition in ("deactivate", "activate"):  # as a user would, with the CLI: QoS is chosen at activation
+        out = subprocess.run(["ros2", "lifecycle", "set", "--no-daemon", "/moe_fusion", transition],
+                             capture_output=True, text=True, timeout=120)
+        assert "successful" in out.stdout.lower(), out.stdout + out.stderr
+    assert probe.lifecycle("/moe_fusion") == "active"
+    assert "subscribing reliable" in node.log()  # only the test's reliable camera publishes now
+    be = Probe(name="best_effort_camera", reliable_inputs=False)  # then a best-effort camera driver starts
+    try:
+        assert probe.wait(lambda: "re-subscribing to match every publisher" in node.log(), 30), node.log()[-3000:]
+        assert probe.wait(lambda: be.pub["rgb"].get_subscription_count() > 0, 30)
+        probe.clear()
+        t0 = 1_840_000_000 * NS
+        for k, camera in enumerate((be, probe, be)):  # pairs from the best-effort and the reliable cameras
+            s = t0 + k * 200 * MS
+            camera.pub["rgb"].publish(frames.raw("rgb", s))
+            camera.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS))
+            time.sleep(0.1)
+        want = [(t0 + k * 200 * MS + 2 * MS, t0 + k * 200 * MS) for k in range(3)]
+        assert probe.wait(lambda: len(probe.messages("status")) >= 3, WAIT), node.log()[-3000:]
+        assert sorted(fused_pairs(probe)) == want
+    finally:
+        be.close()
+
+
+def test_ctrl_c_ends_the_launched_node_with_exit_code_0_and_no_traceback(node):
+    rc = node.stop(signal.SIGINT)  # to the launch process group, as a terminal's Ctrl-C
+    log = node.log()
+    assert rc == 0, log[-3000:]
+    assert "Traceback" not in log and "ExternalShutdownException" not in log
+    assert re.search(r"process has finished cleanly \[pid \d+\]", log), log[-3000:]
