@@ -201,7 +201,8 @@ class FusionNode(LifecycleNode):
             self.pubs = self._create_publishers()
             self._setup_diagnostics()
         except Exception as e:  # rclpy would turn it into a silent ERROR transition: say why, always
-            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+            if self.context.ok():  # (not when Ctrl-C shut the context down during a long warm-up)
+                self.get_logger().error(f"configure failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
             self._release()
             return TransitionCallbackReturn.FAILURE
         self.params = p
@@ -379,8 +380,10 @@ class FusionNode(LifecycleNode):
         self.rates[key].tick()
 
     def _on_pair(self, thermal: Image | None, rgb: Image | None) -> None:
-        self.rates["pairs"].tick()
-        self.last_pair_time = time.monotonic()
+        """A pair, or one image whose partner input is missing (the other is ``None``), ready to fuse."""
+        if thermal is not None and rgb is not None:
+            self.rates["pairs"].tick()
+            self.last_pair_time = time.monotonic()
         with contextlib.suppress(BufferClosed):  # deactivating
             self.buffer.put((thermal, rgb, time.monotonic()))
 
@@ -516,6 +519,9 @@ def main(args: list[str] | None = None) -> int:
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # a signal shut the context down while the executor was building its wait set
+        if not signals and rclpy.ok():
+            raise
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -97,3 +97,41 @@ def test_overload_in_latest_mode_keeps_memory_flat_latency_bounded_and_counts_dr
         assert len(early) >= 10 and len(late) >= 10, memory
         assert max(late) <= max(early) + 100.0 and late[len(late) // 2] <= early[len(early) // 2] + 100.0, memory
         assert launched.stop(signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize("sig,when", [(signal.SIGINT, "configuring"), (signal.SIGTERM, "idle"),
+                                      (signal.SIGINT, "fusing")])
+def test_a_signal_at_any_moment_ends_the_node_with_exit_code_0_and_no_traceback(colcon_install, probe, bag, sig,
+                                                                               when, tmp_path):
+    """The node started on its own (as `ros2 run` or a supervisor does), signalled while it loads the model,
+    while it waits for input, and while it fuses a pair."""
+    import subprocess
+
+    from ros_graph import Frames
+
+    exe = colcon_install / "moe_fusion_ros" / "lib" / "moe_fusion_ros" / "fusion_node"
+    args = ["--ros-args", "-p", "model.device:=cpu", "-p", "model.warmup_iters:=2", "-r",
+            "thermal/image_raw:=/thermal/image_raw", "-r", "rgb/image_raw:=/camera/image_raw"]
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["bash", "-c", f". {colcon_install}/setup.bash && exec {exe} " + " ".join(args)],
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if when == "configuring":
+                probe.wait(lambda: log.stat().st_size > 0 or proc.poll() is not None, 60)
+                time.sleep(1.0)  # importing torch, loading, warming up
+            else:
+                assert probe.wait_for_node(600), log.read_text()[-3000:]
+            if when == "fusing":
+                frames = Frames(bag)
+                probe.clear()
+                probe.pub["rgb"].publish(frames.raw("rgb", 1_860_000_000 * NS))
+                probe.pub["thermal"].publish(frames.raw("thermal", 1_860_000_000 * NS + 3_000_000))
+                time.sleep(0.8)  # idle flush (0.5 s): the pair is in the worker now
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 0 and "Traceback" not in text and "configure failed" not in text, text[-3000:]

@@ -129,3 +129,12 @@ def test_only_node_imports_ros():
             + "assert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_core_never_imports_ros_or_the_ros_package():
+    for f in sorted((REPO / "moe_fusion_core").rglob("*.py")):
+        for n in ast.walk(ast.parse(f.read_text())):  # lazy imports inside functions too
+            names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+                [n.module or ""] if isinstance(n, ast.ImportFrom) and n.level == 0 else []
+            roots = {x.split(".")[0] for x in names}
+            assert not roots & (ROS_MODULES | {"moe_fusion_ros"}), (str(f.relative_to(REPO)), names)
