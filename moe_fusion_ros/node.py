@@ -408,25 +408,38 @@ class FusionNode(LifecycleNode):
                 return
             if item is None:
                 continue
-            thermal, rgb, t_ready = item
-            p, pipe, pubs = self.params, self.pipeline, self.pubs
+            p, pipe = self.params, self.pipeline
             if p is None or pipe is None:
                 return
-            debug = p.output_debug_image and pubs["debug_image"].get_subscription_count() > 0
-            if thermal is not None and rgb is not None:
-                out = pipe.process(thermal, rgb, debug=debug)
-            else:
-                msg, stream = (thermal, THERMAL) if thermal is not None else (rgb, RGB)
-                out = pipe.process_single(Single(stream, msg, stamp_ns(msg), other(stream)), debug=debug)
-            if out is None:
-                self.last_skip = pipe.failures[-1].reason if pipe.failures else "unknown"
-                self.get_logger().warning(f"frame skipped: {self.last_skip}", throttle_duration_sec=5.0)
-                continue
-            self._publish(out, p)
-            self.latency_ms.append((time.monotonic() - t_ready) * 1e3)
-            now = self._ros_now_ns()
-            if now > 0:  # sim time before the first /clock is 0: no meaningful age
-                self.stamp_age_ms.append((now - stamp_ns(rgb if rgb is not None else thermal)) / 1e6)
+            try:
+                self._fuse_and_publish(*item, p, pipe)
+            except Exception as e:  # a frame must never end the worker
+                if not self.context.ok():
+                    return  # Ctrl-C / SIGTERM while this frame was being fused: nothing to publish it to
+                thermal, rgb, _ = item
+                pipe.record_failure(None if thermal is None else stamp_ns(thermal),
+                                    None if rgb is None else stamp_ns(rgb), e)
+                self.last_skip = pipe.failures[-1].reason
+                self.get_logger().error(f"frame failed: {self.last_skip}\n{traceback.format_exc()}",
+                                        throttle_duration_sec=5.0)
+
+    def _fuse_and_publish(self, thermal: Image | None, rgb: Image | None, t_ready: float, p: FusionParams,
+                          pipe: FusionPipeline) -> None:
+        debug = p.output_debug_image and self.pubs["debug_image"].get_subscription_count() > 0
+        if thermal is not None and rgb is not None:
+            out = pipe.process(thermal, rgb, debug=debug)
+        else:
+            msg, stream = (thermal, THERMAL) if thermal is not None else (rgb, RGB)
+            out = pipe.process_single(Single(stream, msg, stamp_ns(msg), other(stream)), debug=debug)
+        if out is None:
+            self.last_skip = pipe.failures[-1].reason if pipe.failures else "unknown"
+            self.get_logger().warning(f"frame skipped: {self.last_skip}", throttle_duration_sec=5.0)
+            return
+        self._publish(out, p)
+        self.latency_ms.append((time.monotonic() - t_ready) * 1e3)
+        now = self._ros_now_ns()
+        if now > 0:  # sim time before the first /clock is 0: no meaningful age
+            self.stamp_age_ms.append((now - stamp_ns(rgb if rgb is not None else thermal)) / 1e6)
 
     def _publish(self, out: Any, p: FusionParams) -> None:
         pubs = self.pubs

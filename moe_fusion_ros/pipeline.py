@@ -174,7 +174,7 @@ class FusionPipeline:
         try:
             ir, vis = self.arrays(thermal_msg, rgb_msg)
         except (ImageDecodeError, ValueError) as e:
-            return self._failed(stamp_ns(thermal_msg), stamp_ns(rgb_msg), e)
+            return self.record_failure(stamp_ns(thermal_msg), stamp_ns(rgb_msg), e)
         hdr = M.header(stamp_ns(rgb_msg), str(rgb_msg.header.frame_id) or self.frame_id)
         self.last_rgb = (vis.shape[1], vis.shape[0], hdr["frame_id"])
         return self._fuse(ir, vis, hdr, t0, debug, {THERMAL: M.INPUT_OK, RGB: M.INPUT_OK}, (stamp_ns(thermal_msg),
@@ -201,7 +201,7 @@ class FusionPipeline:
                     frame = self.frame_id or str(item.msg.header.frame_id)
                 vis = np.zeros((*ir.shape, 3), np.uint8)
         except (ImageDecodeError, ValueError) as e:
-            return self._failed(*stamps, e)
+            return self.record_failure(*stamps, e)
         hdr = M.header(item.stamp_ns, frame)
         status = {item.stream: M.INPUT_OK, item.missing: M.INPUT_MISSING}
         out = self._fuse(ir, vis, hdr, t0, debug, status, stamps)
@@ -209,7 +209,8 @@ class FusionPipeline:
             self.singles[item.missing] += 1
         return out
 
-    def _failed(self, thermal_stamp: int | None, rgb_stamp: int | None, e: Exception) -> None:
+    def record_failure(self, thermal_stamp: int | None, rgb_stamp: int | None, e: Exception) -> None:
+        """Count a frame that could not be fused, by the exception's class name, and keep its reason."""
         kind = type(e).__name__
         self.failure_counts[kind] += 1
         self.failures.append(FrameFailure(thermal_stamp, rgb_stamp, f"{kind}: {e}", kind))
@@ -221,7 +222,7 @@ class FusionPipeline:
         try:
             res = self.engine.fuse(ir, vis, color=self.color, detections=self.detections)
         except ValueError as e:
-            return self._failed(*stamps, e)
+            return self.record_failure(*stamps, e)
         t2 = time.perf_counter()
         self.last_arrays = (res.fused, ir, vis)
         image = res.color if (self.color and res.color is not None) else res.fused

@@ -164,3 +164,39 @@ def test_a_best_effort_camera_and_a_reliable_subscription_is_counted_and_the_fix
         spin.stop()
         node.destroy_node()
         be.close()
+
+
+def test_an_unexpected_error_in_one_frame_is_counted_and_the_worker_goes_on(probe, capfd):
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    node = make_node(**{"processing.mode": "all"})
+    spin = Spinner(node)
+    try:
+        assert node.trigger_configure() == R.SUCCESS and node.trigger_activate() == R.SUCCESS
+        settle(probe, {"subs": 2, "pubs": 1})
+        engine = node.engine
+        real, calls = engine.fuse, []
+
+        def flaky(*a, **kw):  # the first frame hits a device error (e.g. CUDA out of memory)
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return real(*a, **kw)
+
+        engine.fuse = flaky
+        rng = np.random.default_rng(1)
+        t0 = 1_700_000_100 * 10**9
+        for k in range(3):  # the third pair makes the second final
+            probe.pub["thermal"].publish(image(t0 + k * 40 * MS + 2 * MS, "thermal",
+                                               rng.integers(0, 255, (48, 64)).astype(np.uint8), "mono8"))
+            probe.pub["rgb"].publish(image(t0 + k * 40 * MS, "camera",
+                                           rng.integers(0, 255, (48, 64, 3)).astype(np.uint8), "rgb8"))
+        assert probe.wait(lambda: len(probe.messages("image")) >= 2, 120), "the worker stopped after the error"
+        assert node.pipeline.failure_counts == {"RuntimeError": 1}
+        assert dict(node._inference_status().values)["frames skipped: RuntimeError"] == "1"
+        assert "frame failed: RuntimeError: CUDA out of memory (simulated)" in capfd.readouterr().err
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+    finally:
+        spin.stop()
+        node.destroy_node()
