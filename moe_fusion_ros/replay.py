@@ -246,6 +246,14 @@ def _run(args: argparse.Namespace) -> int:
         PairSynchronizer(args.slop, args.queue_size, args.thermal_offset)
     except ValueError as e:
         raise InputError(str(e)) from e
+    html_report = None
+    if args.html_report is not None:  # a bad report folder fails before anything is read or written
+        from moe_fusion_core.report import HtmlReport
+
+        try:
+            html_report = HtmlReport(args.html_report, f"moe-fusion replay: {args.bag}")
+        except ValueError as e:
+            raise InputError(str(e)) from e
     reader = _open_reader(args.bag)
     try:
         th_conns = _connections(reader, args.thermal_topic)
@@ -254,12 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         _prepare_out(args.out, args.overwrite)
         engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
                               score_threshold=args.score_threshold)
-        keep = _KeepLast(engine) if args.html_report is not None else None
-        html_report = None
-        if keep is not None:
-            from moe_fusion_core.report import HtmlReport
-
-            html_report = HtmlReport(args.html_report, f"moe-fusion replay: {args.bag}")
+        keep = _KeepLast(engine) if html_report is not None else None
         pipe = FusionPipeline(keep or engine, slop=args.slop, queue_size=args.queue_size,
                               thermal_offset=args.thermal_offset, color=args.color,
                               normalization=ThermalNormalization(mode=args.thermal_norm))

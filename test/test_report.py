@@ -108,3 +108,16 @@ def test_html_report_onto_an_existing_file_is_refused_and_the_file_kept(small_pa
                "--html-report", str(target)])
     assert rc == 2 and "exists and is not a folder" in capsys.readouterr().err
     assert target.read_text() == "keep me"
+
+
+def test_replay_html_report_onto_a_file_is_refused_before_the_output_bag_is_replaced(sample_dir, untrained_model,
+                                                                                    tmp_path, capsys):
+    out = tmp_path / "fused"
+    out.mkdir()
+    (out / "metadata.yaml").write_text("an earlier output bag, which --overwrite would replace")
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    rc = main(["replay", str(sample_dir / "bag"), "--out", str(out), "--overwrite", "--checkpoint",
+               str(untrained_model), "--device", "cpu", "--no-progress", "--html-report", str(target)])
+    assert rc == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me" and (out / "metadata.yaml").is_file()
