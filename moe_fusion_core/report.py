@@ -161,10 +161,10 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return html.escape(str(v))
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: Sequence[str] | None, rows: Iterable[Sequence[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>\n" if header else ""
     body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>\n" for r in rows)
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>\n"
+    return f"<table>\n{head}{body}</table>\n"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;max-width:1400px;color:#222}
@@ -209,7 +209,7 @@ class HtmlReport:
         parts = [f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                  f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(self.title)}</h1>\n"]
         if summary:
-            parts.append(_table(["", ""], ((k, v) for k, v in summary.items())))
+            parts.append(_table(None, ((k, v) for k, v in summary.items())))
         parts.append("<h2>Latency per stage (ms)</h2>\n")
         if latency:
             parts.append(_table(["stage", "p50", "p95", "mean", "pairs"],
