@@ -142,7 +142,7 @@ def test_wheel_carries_the_default_model_launch_and_parameter_files_and_not_the_
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "runs", "build", "install", "log", "*.egg-info", "__pycache__", ".pytest_cache",
-        ".ruff_cache"))
+        ".ruff_cache", ".whl", ".devdata"))  # the .gitignore'd folders: never part of a clone
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_CONFIG_FILE": os.devnull}
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                            "-q", "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True,
