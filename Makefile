@@ -10,6 +10,7 @@ BIN     = $(VENV)/bin
 PIP     = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/python -m pip
 STAMP   = $(VENV)/.installed
 DEMO_OUT ?= runs/demo
+SAMPLE  ?= sample
 
 .PHONY: setup demo test lint clean
 
@@ -22,12 +23,15 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The demo needs nothing outside the clone: it runs on sample/ (real M3SVD pairs and bag, see sample/README.md).
 demo: $(STAMP)
-	$(BIN)/moe-fusion replay $(SHARED)/data/bags/sample_small --out $(DEMO_OUT)/fused_bag \
-		--report $(DEMO_OUT)/report.json --overwrite
-	$(BIN)/moe-fusion fuse --ir $(SHARED)/data/msrs/ir --vis $(SHARED)/data/msrs/vis \
-		--out $(DEMO_OUT)/msrs --color --detections
-	@echo "demo outputs in $(DEMO_OUT)/ (fused_bag/, report.json, msrs/)"
+	$(BIN)/moe-fusion fuse --ir $(SAMPLE)/pairs/ir --vis $(SAMPLE)/pairs/vis --out $(DEMO_OUT)/pairs \
+		--color --detections --html-report $(DEMO_OUT)/pairs_report
+	$(BIN)/moe-fusion replay $(SAMPLE)/bag --out $(DEMO_OUT)/fused_bag --report $(DEMO_OUT)/replay.json \
+		--html-report $(DEMO_OUT)/bag_report --overwrite
+	@echo "demo outputs in $(DEMO_OUT)/: pairs/ (fused images, detections, gates), fused_bag/, replay.json"
+	@echo "report, 5 sample pairs:  $(abspath $(DEMO_OUT))/pairs_report/index.html"
+	@echo "report, the sample bag:  $(abspath $(DEMO_OUT))/bag_report/index.html"
 
 # The node's tests run in a live ROS 2 graph: the ROS 2 sourced in this shell, else $(SHARED)/ros2 (see test/with_ros2.sh).
 test: $(STAMP)

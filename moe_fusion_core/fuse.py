@@ -3,7 +3,10 @@
 Writes ``OUT/<stem>.png`` (8-bit grey fused image at the visible image's size); with ``--color`` also
 ``OUT/color/<stem>.png``; with ``--detections`` ``OUT/detections/<stem>.json`` and an overlay
 ``OUT/detections/<stem>.jpg``; always ``OUT/gates.jsonl`` (which experts fired, per pair) and
-``OUT/summary.json``. Unpaired and unreadable files are listed in the summary and skipped.
+``OUT/summary.json`` (with per-stage latency). Unpaired and unreadable files are listed in the summary and skipped.
+With ``--html-report DIR``: a contact sheet per pair (``DIR/sheets/<stem>.jpg``: thermal | visible | fused | fused +
+detections, gate weights as a bar chart) and ``DIR/index.html`` with the per-stage latency and the fusion metrics
+(paper mode) of every pair (:mod:`moe_fusion_core.report`).
 
 Exit codes: 0 every pair fused; 1 some pairs or files were skipped (see the summary); 2 nothing was fused.
 """
@@ -14,12 +17,12 @@ import argparse
 import csv
 import json
 import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from .image_io import ImageReadError, pair_by_stem, read_ir, read_vis, write_image
+from .report import draw_detections, latency_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=0.3, help="minimum detection score")
     p.add_argument("--mismatch", choices=["resize", "error"], default="resize",
                    help="infrared of another size than the visible image: resize it, or skip the pair")
+    p.add_argument("--html-report", type=Path, default=None, metavar="DIR",
+                   help="write a contact sheet per pair and DIR/index.html (latency, metrics)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -51,17 +56,6 @@ def daynight_tags(ir_dir: Path) -> dict[str, str]:
     return tags
 
 
-def draw_detections(rgb: np.ndarray, detections: list) -> np.ndarray:
-    """A copy of ``rgb`` with boxes, class names and scores drawn."""
-    img = np.ascontiguousarray(rgb.copy())
-    for d in detections:
-        x1, y1, x2, y2 = (round(v) for v in d.box)
-        cv2.rectangle(img, (x1, y1), (x2, y2), (255, 64, 0), 2)
-        cv2.putText(img, f"{d.class_name} {d.score:.2f}", (x1, max(10, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 0), 1, cv2.LINE_AA)
-    return img
-
-
 def run(args: argparse.Namespace) -> int:
     from .engine import FusionEngine
 
@@ -70,10 +64,18 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    report = pair_metrics = None
+    if args.html_report is not None:  # before anything is loaded or written: a bad folder fails at once
+        from .report import HtmlReport, PairMetrics
+
+        report = HtmlReport(args.html_report, f"moe-fusion fuse: {args.ir} + {args.vis}")
+        pair_metrics = PairMetrics("paper")
     engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
-                          detections=args.detections, score_threshold=args.score_threshold, mismatch=args.mismatch)
+                          detections=args.detections or report is not None,
+                          score_threshold=args.score_threshold, mismatch=args.mismatch)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, list[float]] = defaultdict(list)
     tags = daynight_tags(args.ir)
     failed: dict[str, str] = {}
     fused_count = 0
@@ -84,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
         pairs = tqdm(pairs, desc="fuse", unit="pair", file=sys.stderr)
     with open(out / "gates.jsonl", "w") as gate_log:
         for stem, (ir_path, vis_path) in pairs:
+            t0 = time.perf_counter()
             try:
-                res = engine.fuse(read_ir(ir_path), read_vis(vis_path), color=args.color,
-                                  detections=args.detections)
+                ir, vis = read_ir(ir_path), read_vis(vis_path)
+                t1 = time.perf_counter()
+                res = engine.fuse(ir, vis, color=args.color, detections=args.detections or report is not None)
             except (ImageReadError, ValueError) as e:
                 failed[stem] = str(e)
                 continue
+            t2 = time.perf_counter()
             write_image(out / f"{stem}.png", res.fused)
             if res.color is not None:
                 write_image(out / "color" / f"{stem}.png", res.color)
@@ -101,19 +106,42 @@ def run(args: argparse.Namespace) -> int:
                 det_file = out / "detections" / f"{stem}.json"
                 det_file.parent.mkdir(parents=True, exist_ok=True)
                 det_file.write_text(json.dumps(det_json))
-                write_image(out / "detections" / f"{stem}.jpg", draw_detections(read_vis(vis_path), res.detections))
-            gate_log.write(json.dumps({"stem": stem, "daynight": tags.get(Path(stem).name, "unknown"),
+                write_image(out / "detections" / f"{stem}.jpg", draw_detections(vis, res.detections))
+            daynight = tags.get(Path(stem).name, "unknown")
+            gate_log.write(json.dumps({"stem": stem, "daynight": daynight,
                                        **{k: [round(float(x), 4) for x in v] for k, v in res.gates.items()}}) + "\n")
             fused_count += 1
+            t3 = time.perf_counter()
+            stages = {k: v for k, v in res.timings_ms.items() if k != "total"}  # the engine's own stages
+            pair_ms = {"read": (t1 - t0) * 1e3, **stages, "fuse": (t2 - t1) * 1e3, "write": (t3 - t2) * 1e3,
+                       "total": (t3 - t0) * 1e3}
+            for k, v in pair_ms.items():
+                timings[k].append(v)
+            if report is not None:
+                ir8, vis8 = engine.prepare(ir, vis)  # what the model saw: 8-bit thermal at the visible size
+                report.add_pair(stem, ir8, vis8, res.color if res.color is not None else res.fused, res.detections,
+                                res.gates, tag=daynight if daynight != "unknown" else "",
+                                timings_ms={"fuse": pair_ms["fuse"], "total": pair_ms["total"]},
+                                metrics=pair_metrics.add(res.fused, ir8, vis8))
     summary = {
         "fused": fused_count, "pairs": len(listing.pairs), "failed": failed,
         "unpaired": listing.unpaired, "duplicates": listing.duplicates,
         "checkpoint": str(engine.checkpoint), "device": str(engine.device), "precision": engine.precision,
+        "latency_ms": latency_table(timings),
     }
+    if report is not None:
+        metric_values, metric_reason = pair_metrics.result()
+        page = report.write(latency=summary["latency_ms"], metrics=metric_values, metrics_note=metric_reason,
+                            summary={"pairs": len(listing.pairs), "fused": fused_count, "failed": len(failed),
+                                     "checkpoint": summary["checkpoint"], "device": summary["device"],
+                                     "precision": engine.precision})
+        summary["html_report"] = str(page)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     skipped = len(failed) + sum(len(v) for v in listing.unpaired.values()) + len(listing.duplicates)
     print(f"fused {fused_count}/{len(listing.pairs)} pairs into {out}"
           + (f"; skipped {skipped} (see {out / 'summary.json'})" if skipped else ""))
+    if "html_report" in summary:
+        print(f"report: {summary['html_report']}")
     for stem, why in failed.items():
         print(f"  failed {stem}: {why}", file=sys.stderr)
     for side, stems in listing.unpaired.items():

@@ -16,6 +16,7 @@ time of the input message whose arrival made its pair final (deterministic; what
 
 ``--report`` writes JSON: messages read per topic, the pairs (stamps, Δt), unpaired messages and why, frames that
 failed and why, per-stage latency p50/p95, throughput, and the eight fusion metrics (mean over pairs).
+``--html-report DIR`` writes a contact sheet per fused pair and ``DIR/index.html`` (:mod:`moe_fusion_core.report`).
 
 Exit codes: 0 every message paired or legitimately left unpaired (no partner within slop / superseded by a closer
 partner) and every pair fused; 1 some frames failed, messages were unreadable, or messages were dropped for
@@ -80,6 +81,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--max-pairs", type=int, default=None, help="stop after fusing this many pairs")
+    p.add_argument("--html-report", type=Path, default=None, metavar="DIR",
+                   help="write a contact sheet per fused pair and DIR/index.html (latency, metrics)")
+
+
+class _KeepLast:
+    """The engine, keeping the arrays and result of its last ``fuse`` call (for the contact sheets)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self.last: tuple[Any, Any, Any] | None = None  # thermal, visible, FusionResult
+
+    def fuse(self, ir: Any, vis: Any, **kwargs: Any) -> Any:
+        self.last = None
+        res = self._engine.fuse(ir, vis, **kwargs)
+        self.last = (ir, vis, res)
+        return res
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
 
 
 def _open_reader(bag: Path) -> Any:
@@ -226,6 +246,14 @@ def _run(args: argparse.Namespace) -> int:
         PairSynchronizer(args.slop, args.queue_size, args.thermal_offset)
     except ValueError as e:
         raise InputError(str(e)) from e
+    html_report = None
+    if args.html_report is not None:  # a bad report folder fails before anything is read or written
+        from moe_fusion_core.report import HtmlReport
+
+        try:
+            html_report = HtmlReport(args.html_report, f"moe-fusion replay: {args.bag}")
+        except ValueError as e:
+            raise InputError(str(e)) from e
     reader = _open_reader(args.bag)
     try:
         th_conns = _connections(reader, args.thermal_topic)
@@ -234,7 +262,8 @@ def _run(args: argparse.Namespace) -> int:
         _prepare_out(args.out, args.overwrite)
         engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
                               score_threshold=args.score_threshold)
-        pipe = FusionPipeline(engine, slop=args.slop, queue_size=args.queue_size,
+        keep = _KeepLast(engine) if html_report is not None else None
+        pipe = FusionPipeline(keep or engine, slop=args.slop, queue_size=args.queue_size,
                               thermal_offset=args.thermal_offset, color=args.color,
                               normalization=ThermalNormalization(mode=args.thermal_norm))
         ts = typestore_for(args.distro)
@@ -279,8 +308,18 @@ def _run(args: argparse.Namespace) -> int:
                         put(c_info, out.camera_info, log_time)
                         info_written += 1
                     written += 1
+                    n_scored = metrics.n
                     if metrics.error is None and pipe.last_arrays is not None:
                         metrics.add(*_metric_inputs(*pipe.last_arrays))
+                    if keep is not None and keep.last is not None:
+                        ir, vis, res = keep.last
+                        sec, nsec = divmod(p.rgb_stamp_ns, 1_000_000_000)
+                        html_report.add_pair(
+                            f"{written:03d}_rgb_{sec}.{nsec:09d}", ir, vis,
+                            res.color if res.color is not None else res.fused, res.detections, res.gates,
+                            tag=f"thermal Δt {entry['dt_ms']:+.1f} ms",
+                            timings_ms={"fuse": res.timings_ms.get("total", float("nan"))},
+                            metrics={k: v[-1] for k, v in metrics.values.items()} if metrics.n > n_scored else None)
                     if args.max_pairs is not None and written >= args.max_pairs:
                         return False
                 return True
@@ -356,6 +395,12 @@ def _run(args: argparse.Namespace) -> int:
         "checkpoint": str(engine.checkpoint),
         "device": str(engine.device),
     }
+    if html_report is not None:
+        report["html_report"] = str(html_report.write(
+            latency=report["latency_ms"], metrics=metric_values, metrics_note=metric_reason,
+            summary={"bag": args.bag, "messages read": sum(counts.values()), "pairs": len(pair_log),
+                     "fused": written, "unpaired": report["unpaired"]["count"], "failed": len(pipe.failures),
+                     "checkpoint": report["checkpoint"], "device": report["device"]}))
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=1))
@@ -363,6 +408,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"replayed {sum(counts.values())} messages: {len(pair_log)} pairs, {written} fused into {args.out}; "
           f"{report['unpaired']['count']} unpaired {unpaired_by_reason or ''}; {len(pipe.failures)} failed",
           file=sys.stderr)
+    if html_report is not None:
+        print(f"report: {report['html_report']}", file=sys.stderr)
     for f in pipe.failures[:10]:
         print(f"  failed pair rgb {f.rgb_stamp_ns}: {f.reason}", file=sys.stderr)
     for e in read_errors[:10]:

@@ -13,11 +13,11 @@ STAGES = {"end_to_end", "fused_only", "preprocess", "backbones_attention", "enco
           "detection_heads", "postprocess"}
 
 
-def test_bench_json_rows_cover_every_stage_with_timings(tmp_path, data_dir):
+def test_bench_json_rows_cover_every_stage_with_timings(tmp_path, sample_dir):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "moe_fusion_ros.cli", "bench", "--config", "embedded", "--device", "cpu",
            "--sizes", "160x128", "--batch", "1,2", "--iters", "2", "--warmup", "1", "--json", str(out),
-           "--pair-dir", str(data_dir / "msrs")]
+           "--pair-dir", str(sample_dir / "pairs")]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]

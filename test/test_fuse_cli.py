@@ -1,4 +1,7 @@
-"""``moe-fusion fuse``: folders of real pairs in, one fused PNG per pair out, problems listed and skipped."""
+"""``moe-fusion fuse``: folders of real pairs in, one fused PNG per pair out, problems listed and skipped.
+
+The pairs are the repository's sample (sample/pairs: real M3SVD day and night pairs), so these tests need nothing
+outside the clone."""
 
 from __future__ import annotations
 
@@ -16,24 +19,24 @@ from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
 from moe_fusion_ros.cli import main
 
-# stem -> scale applied to the real pair (1 = native size); all sizes odd in at least one dimension
-PAIRS = {"FLIR_00006": 1.0, "FLIR_00018": 0.35, "FLIR_00060": 0.27}
+# stem -> scale applied to the real 640×480 pair; all sizes odd in at least one dimension
+PAIRS = {"0117_1620_v0287": 0.5, "0111_1753_0000": 0.35, "0111_1803_0000": 0.27}
 THERMAL16 = "thermal16"  # one more pair whose IR file is 16-bit
 FUSED = sorted([*PAIRS, THERMAL16])
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, data_dir) -> Path:
+def checkpoint(tmp_path_factory, sample_dir) -> Path:
     """Untrained embedded model, output layer rescaled so fused images are not all black (see test_engine)."""
-    road = data_dir / "roadscene"
-    calibration = (read_ir(road / "ir" / "FLIR_00006.png"), read_vis(road / "vis" / "FLIR_00006.jpg"))
+    pairs = sample_dir / "pairs"
+    calibration = (read_ir(pairs / "ir" / "0117_1620_v0287.png"), read_vis(pairs / "vis" / "0117_1620_v0287.png"))
     return untrained_checkpoint(tmp_path_factory.mktemp("fuse_cli") / "embedded", calibration)
 
 
-def copy_pair(data_dir: Path, stem: str, scale: float, ir_dir: Path, vis_dir: Path, new_stem: str | None = None,
+def copy_pair(sample_dir: Path, stem: str, scale: float, ir_dir: Path, vis_dir: Path, new_stem: str | None = None,
               ir_scale: float | None = None) -> tuple[int, int]:
-    """Write a real RoadScene pair (resized by ``scale``; IR by ``ir_scale`` if given); returns the visible (h, w)."""
-    src = data_dir / "roadscene"
+    """Write a real sample pair (resized by ``scale``; IR by ``ir_scale`` if given); returns the visible (h, w)."""
+    src = sample_dir / "pairs"
     ir = cv2.imread(str(src / "ir" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
     vis_file = next((src / "vis").glob(f"{stem}.*"))
     vis = cv2.imread(str(vis_file), cv2.IMREAD_COLOR)
@@ -54,22 +57,22 @@ def copy_pair(data_dir: Path, stem: str, scale: float, ir_dir: Path, vis_dir: Pa
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory, data_dir) -> dict:
+def folders(tmp_path_factory, sample_dir) -> dict:
     root = tmp_path_factory.mktemp("pairs")
     ir_dir, vis_dir = root / "ir", root / "vis"
     ir_dir.mkdir()
     vis_dir.mkdir()
-    sizes = {stem: copy_pair(data_dir, stem, s, ir_dir, vis_dir) for stem, s in PAIRS.items()}
-    shutil.copy(data_dir / "roadscene" / "meta.csv", root / "meta.csv")  # day/night tags for gates.jsonl
+    sizes = {stem: copy_pair(sample_dir, stem, s, ir_dir, vis_dir) for stem, s in PAIRS.items()}
+    shutil.copy(sample_dir / "pairs" / "meta.csv", root / "meta.csv")  # day/night tags for gates.jsonl
     # a radiometric 16-bit infrared PNG (raw counts with an offset), normalised by the engine
-    sizes[THERMAL16] = copy_pair(data_dir, "FLIR_00211", 0.3, ir_dir, vis_dir, new_stem=THERMAL16)
+    sizes[THERMAL16] = copy_pair(sample_dir, "0115_1834_0010", 0.3, ir_dir, vis_dir, new_stem=THERMAL16)
     ir8 = cv2.imread(str(ir_dir / f"{THERMAL16}.png"), cv2.IMREAD_UNCHANGED)
     cv2.imwrite(str(ir_dir / f"{THERMAL16}.png"), (7_000 + 20 * ir8.astype(np.uint16)))
     assert cv2.imread(str(ir_dir / f"{THERMAL16}.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
     # an infrared frame without a visible partner
     cv2.imwrite(str(ir_dir / "lonely.png"), np.full((40, 60), 128, np.uint8))
     # a pair whose visible file is a truncated JPEG
-    copy_pair(data_dir, "FLIR_00122", 0.3, ir_dir, vis_dir, new_stem="broken")
+    copy_pair(sample_dir, "0117_1605_v0327", 0.3, ir_dir, vis_dir, new_stem="broken")
     jpg = vis_dir / "broken.jpg"
     jpg.write_bytes(jpg.read_bytes()[:200])
     return {"root": root, "ir": ir_dir, "vis": vis_dir, "sizes": sizes}
@@ -100,7 +103,7 @@ def test_one_grey_png_per_pair_at_the_visible_size(fused_run, folders):
 
 def test_written_images_are_what_the_engine_returns(fused_run, folders, checkpoint):
     engine = FusionEngine(checkpoint, device="cpu", detections=False)
-    for stem in ("FLIR_00018", THERMAL16):
+    for stem in ("0111_1753_0000", THERMAL16):
         ir = read_ir(folders["ir"] / f"{stem}.png")
         res = engine.fuse(ir, read_vis(folders["vis"] / f"{stem}.jpg"), color=True)
         written = cv2.imread(str(fused_run["out"] / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
@@ -144,23 +147,23 @@ def test_summary_lists_the_unpaired_and_the_corrupt_file(fused_run, capsys):
     assert s["device"] == "cpu" and s["precision"] == "fp32"
 
 
-def test_all_good_pairs_exit_zero_and_mismatch_error_skips_pairs(tmp_path, data_dir, checkpoint, capsys):
+def test_all_good_pairs_exit_zero_and_mismatch_error_skips_pairs(tmp_path, sample_dir, checkpoint, capsys):
     ir_dir, vis_dir = tmp_path / "ir", tmp_path / "vis"
     ir_dir.mkdir()
     vis_dir.mkdir()
-    h, w = copy_pair(data_dir, "FLIR_00211", 0.25, ir_dir, vis_dir)
-    copy_pair(data_dir, "FLIR_00233", 0.25, ir_dir, vis_dir, ir_scale=0.3)  # IR of another size
+    h, w = copy_pair(sample_dir, "0111_1753_0000", 0.25, ir_dir, vis_dir)
+    copy_pair(sample_dir, "0111_1803_0000", 0.25, ir_dir, vis_dir, ir_scale=0.3)  # IR of another size
     common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress", "--ir", str(ir_dir),
               "--vis", str(vis_dir)]
     assert main(["fuse", *common, "--out", str(tmp_path / "resize")]) == 0
-    assert cv2.imread(str(tmp_path / "resize" / "FLIR_00233.png"), cv2.IMREAD_UNCHANGED).shape[:2] == \
-        cv2.imread(str(vis_dir / "FLIR_00233.jpg")).shape[:2]
-    assert cv2.imread(str(tmp_path / "resize" / "FLIR_00211.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
+    assert cv2.imread(str(tmp_path / "resize" / "0111_1803_0000.png"), cv2.IMREAD_UNCHANGED).shape[:2] == \
+        cv2.imread(str(vis_dir / "0111_1803_0000.jpg")).shape[:2]
+    assert cv2.imread(str(tmp_path / "resize" / "0111_1753_0000.png"), cv2.IMREAD_UNCHANGED).shape == (h, w)
     capsys.readouterr()
     assert main(["fuse", *common, "--out", str(tmp_path / "strict"), "--mismatch", "error"]) == 1
     s = json.loads((tmp_path / "strict" / "summary.json").read_text())
-    assert s["fused"] == 1 and "size mismatch" in s["failed"]["FLIR_00233"]
-    assert "failed FLIR_00233" in capsys.readouterr().err
+    assert s["fused"] == 1 and "size mismatch" in s["failed"]["0111_1803_0000"]
+    assert "failed 0111_1803_0000" in capsys.readouterr().err
 
 
 def test_nothing_fused_exits_two(tmp_path, folders, checkpoint, capsys):

@@ -137,10 +137,10 @@ def test_background_target_max_uses_max_outside_boxes_too():
 
 
 @pytest.fixture(scope="module")
-def msrs_max(data_dir) -> np.ndarray:
-    """max(V, I) of a real MSRS pair, a 160×200 crop, in [0, 1]."""
-    ir = read_ir(data_dir / "msrs" / "ir" / "00004N.png")
-    vis = rgb_to_luma(read_vis(data_dir / "msrs" / "vis" / "00004N.png"))
+def msrs_max(sample_dir) -> np.ndarray:
+    """max(V, I) of a real night pair (M3SVD, from the repository's sample), a 160×200 crop, in [0, 1]."""
+    ir = read_ir(sample_dir / "pairs" / "ir" / "0111_1803_0000.png")
+    vis = rgb_to_luma(read_vis(sample_dir / "pairs" / "vis" / "0111_1803_0000.png"))
     return np.maximum(ir, vis)[200:360, 300:500].astype(np.float64) / 255
 
 

@@ -1,0 +1,123 @@
+"""Contact sheets and the HTML report (``moe_fusion_core.report``), and ``moe-fusion fuse --html-report``."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
+from moe_fusion_core.metrics.fusion import score_all
+from moe_fusion_core.report import CHART_HEIGHT, PANEL_HEIGHT, contact_sheet
+from moe_fusion_ros.cli import main
+
+BOX = (255, 64, 0)
+
+
+@pytest.fixture(scope="module")
+def pair(sample_dir):
+    """A real night pair of the sample (640×480), thermal and visible RGB."""
+    stem = "0111_1803_0000"
+    return read_ir(sample_dir / "pairs" / "ir" / f"{stem}.png"), read_vis(sample_dir / "pairs" / "vis" / f"{stem}.png")
+
+
+def _bar_height(chart: np.ndarray, x: int, colour: tuple[int, int, int]) -> int:
+    return int(np.all(chart[:, x] == colour, axis=1).sum())
+
+
+def test_contact_sheet_shows_thermal_visible_fused_boxes_and_gate_bars(pair):
+    ir, vis = pair
+    fused = np.maximum(ir, rgb_to_luma(vis))
+    person = SimpleNamespace(box=(100.0, 120.0, 300.0, 400.0), class_name="person", score=0.9)
+    gates = {"mole_fg": np.array([0.75, 0.25, 0, 0]), "mole_bg": np.array([0, 0, 0.5, 0.5]),
+             "moge": np.array([0, 0, 0, 1.0])}
+    sheet = contact_sheet(ir, vis, fused, [person], gates, title="night pair")
+    top, w = 24 + 20, 320  # title line, caption bar; 640×480 panels scaled to 320×240
+    assert sheet.dtype == np.uint8 and sheet.shape == (top + PANEL_HEIGHT + CHART_HEIGHT, 4 * w + 3 * 4, 3)
+    panels = [sheet[top:top + PANEL_HEIGHT, k * (w + 4):k * (w + 4) + w] for k in range(4)]
+    small = {name: cv2.resize(a, (w, PANEL_HEIGHT), interpolation=cv2.INTER_AREA) for name, a in
+             (("ir", ir), ("vis", vis), ("fused", fused))}
+    np.testing.assert_array_equal(panels[0], np.repeat(small["ir"][:, :, None], 3, axis=2))
+    np.testing.assert_array_equal(panels[1], small["vis"])
+    np.testing.assert_array_equal(panels[2], np.repeat(small["fused"][:, :, None], 3, axis=2))
+    # the box, at half scale, in the fourth panel only
+    assert np.all(panels[3][60, 60:140] == BOX) and np.all(panels[3][80:180, 50] == BOX)
+    assert not np.any(np.all(panels[2][60, 60:140] == BOX, axis=1))
+    assert np.array_equal(panels[3][150:230, 200:300], panels[2][150:230, 200:300])  # away from the box: same
+    # gate bars: heights in proportion to the weights, zero weights draw nothing
+    chart = sheet[-CHART_HEIGHT:]
+    group = chart.shape[1] / 3
+    slot = (round(group) - 20) / 4
+    fg = [_bar_height(chart, round(10 + e * slot + slot / 2), (230, 120, 40)) for e in range(4)]
+    assert fg[0] == pytest.approx(3 * fg[1], abs=3) and fg[2] == fg[3] == 0 and fg[0] > 50
+    moge = [_bar_height(chart, round(2 * group) + 10 + round(e * slot + slot / 2), (120, 190, 80)) for e in range(4)]
+    assert moge[:3] == [0, 0, 0] and moge[3] == pytest.approx(fg[0] / 0.75, abs=2)
+
+
+@pytest.fixture(scope="module")
+def small_pairs(sample_dir, tmp_path_factory) -> Path:
+    """Three sample pairs (day and night) at a quarter of their size, with the sample's meta.csv beside them."""
+    root = tmp_path_factory.mktemp("pairs")
+    for stem in ("0111_1753_0000", "0111_1803_0000", "0117_1620_v0287"):
+        for side in ("ir", "vis"):
+            img = cv2.imread(str(sample_dir / "pairs" / side / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+            (root / side).mkdir(exist_ok=True)
+            cv2.imwrite(str(root / side / f"{stem}.png"), cv2.resize(img, (160, 120), interpolation=cv2.INTER_AREA))
+    shutil.copy(sample_dir / "pairs" / "meta.csv", root / "meta.csv")
+    return root
+
+
+def test_fuse_html_report_shows_every_pair_with_latency_and_its_metrics(small_pairs, untrained_model, tmp_path, capsys):
+    out, pages = tmp_path / "fused", tmp_path / "html"
+    rc = main(["fuse", "--ir", str(small_pairs / "ir"), "--vis", str(small_pairs / "vis"), "--out", str(out),
+               "--checkpoint", str(untrained_model), "--device", "cpu", "--no-progress", "--html-report", str(pages)])
+    assert rc == 0
+    assert f"report: {pages / 'index.html'}" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["html_report"] == str(pages / "index.html")
+    assert {"read", "inference", "fuse", "write", "total"} <= set(summary["latency_ms"])
+    assert all(v["count"] == 3 and v["p95_ms"] >= v["p50_ms"] > 0 for v in summary["latency_ms"].values())
+    page = (pages / "index.html").read_text()
+    tags = {r["stem"]: r["light"] for r in csv.DictReader((small_pairs / "meta.csv").read_text().splitlines())}
+    for stem in ("0111_1753_0000", "0111_1803_0000", "0117_1620_v0287"):
+        sheet = cv2.imread(str(pages / "sheets" / f"{stem}.jpg"))
+        assert sheet.shape == (24 + 20 + PANEL_HEIGHT + CHART_HEIGHT, 4 * 320 + 3 * 4, 3)
+        assert f"src='sheets/{stem}.jpg'" in page
+        assert f"{stem} · {tags[stem]} · " in page  # the caption carries the day/night tag of meta.csv
+        # the metric row is the score of the written fused image against the sources
+        fused = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        ir, vis = read_ir(small_pairs / "ir" / f"{stem}.png"), read_vis(small_pairs / "vis" / f"{stem}.png")
+        s = score_all(fused, ir, rgb_to_luma(vis), "paper")
+        assert f"<tr><td>{html.escape(stem)}</td><td>{s['EN']:.3g}</td><td>{s['SF']:.3g}</td>" in page
+    for stage in ("read", "inference", "total"):
+        assert f"<td>{stage}</td>" in page
+
+
+def test_html_report_onto_an_existing_file_is_refused_and_the_file_kept(small_pairs, untrained_model, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    rc = main(["fuse", "--ir", str(small_pairs / "ir"), "--vis", str(small_pairs / "vis"), "--out",
+               str(tmp_path / "fused"), "--checkpoint", str(untrained_model), "--device", "cpu", "--no-progress",
+               "--html-report", str(target)])
+    assert rc == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
+def test_replay_html_report_onto_a_file_is_refused_before_the_output_bag_is_replaced(sample_dir, untrained_model,
+                                                                                    tmp_path, capsys):
+    out = tmp_path / "fused"
+    out.mkdir()
+    (out / "metadata.yaml").write_text("an earlier output bag, which --overwrite would replace")
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    rc = main(["replay", str(sample_dir / "bag"), "--out", str(out), "--overwrite", "--checkpoint",
+               str(untrained_model), "--device", "cpu", "--no-progress", "--html-report", str(target)])
+    assert rc == 2 and "exists and is not a folder" in capsys.readouterr().err
+    assert target.read_text() == "keep me" and (out / "metadata.yaml").is_file()
