@@ -94,7 +94,7 @@ class FusionPipeline:
         self.resized = 0
         self.timings: dict[str, list[float]] | dict[str, deque[float]] = (
             defaultdict(list) if keep_history else defaultdict(lambda: deque(maxlen=TIMINGS_KEEP)))
-        self.last_arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # fused, thermal, visible
+        self.last: tuple[np.ndarray, np.ndarray, Any] | None = None  # thermal, visible, engine result of the last fuse
         self.last_rgb: tuple[int, int, str] | None = None  # (width, height, frame_id) of the last RGB image fused
         self.sync = PairSynchronizer(slop, queue_size, thermal_offset, on_unpaired=self._on_unpaired,
                                      time_jump=time_jump)
@@ -224,7 +224,7 @@ class FusionPipeline:
         except ValueError as e:
             return self.record_failure(*stamps, e)
         t2 = time.perf_counter()
-        self.last_arrays = (res.fused, ir, vis)
+        self.last = (ir, vis, res)
         image = res.color if (self.color and res.color is not None) else res.fused
         h, w = res.fused.shape[:2]
         base = vis if status.get(RGB) == M.INPUT_OK else np.repeat(res.fused[:, :, None], 3, axis=2)

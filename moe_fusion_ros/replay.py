@@ -85,23 +85,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a contact sheet per fused pair and DIR/index.html (latency, metrics)")
 
 
-class _KeepLast:
-    """The engine, keeping the arrays and result of its last ``fuse`` call (for the contact sheets)."""
-
-    def __init__(self, engine: Any) -> None:
-        self._engine = engine
-        self.last: tuple[Any, Any, Any] | None = None  # thermal, visible, FusionResult
-
-    def fuse(self, ir: Any, vis: Any, **kwargs: Any) -> Any:
-        self.last = None
-        res = self._engine.fuse(ir, vis, **kwargs)
-        self.last = (ir, vis, res)
-        return res
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-
 def _open_reader(bag: Path) -> Any:
     from rosbags.rosbag2 import Reader
 
@@ -262,8 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         _prepare_out(args.out, args.overwrite)
         engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
                               score_threshold=args.score_threshold)
-        keep = _KeepLast(engine) if html_report is not None else None
-        pipe = FusionPipeline(keep or engine, slop=args.slop, queue_size=args.queue_size,
+        pipe = FusionPipeline(engine, slop=args.slop, queue_size=args.queue_size,
                               thermal_offset=args.thermal_offset, color=args.color,
                               normalization=ThermalNormalization(mode=args.thermal_norm))
         ts = typestore_for(args.distro)
@@ -309,10 +291,10 @@ def _run(args: argparse.Namespace) -> int:
                         info_written += 1
                     written += 1
                     n_scored = metrics.n
-                    if metrics.error is None and pipe.last_arrays is not None:
-                        metrics.add(*_metric_inputs(*pipe.last_arrays))
-                    if keep is not None and keep.last is not None:
-                        ir, vis, res = keep.last
+                    ir, vis, res = pipe.last
+                    if metrics.error is None:
+                        metrics.add(*_metric_inputs(res.fused, ir, vis))
+                    if html_report is not None:
                         sec, nsec = divmod(p.rgb_stamp_ns, 1_000_000_000)
                         html_report.add_pair(
                             f"{written:03d}_rgb_{sec}.{nsec:09d}", ir, vis,
