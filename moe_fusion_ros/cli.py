@@ -24,7 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("moe_fusion_ros.replay", "replay a rosbag2 through the fusion pipeline (no ROS needed)"),
     "bench": ("moe_fusion_core.bench", "latency / throughput benchmark per stage"),
     "info": ("moe_fusion_core.info", "parameter counts per component and the config"),
-    "export": ("moe_fusion_core.checkpoint", "re-save a checkpoint for deployment (fp16 safetensors + config)"),
+    "export": ("moe_fusion_core.checkpoint",
+               "re-save a checkpoint for deployment (fp16 safetensors + config), or --onnx OUT.onnx"),
 }
 
 
