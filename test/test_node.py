@@ -117,3 +117,55 @@ def test_node_publishes_fused_image_detections_and_camera_info_with_the_rgb_head
         ex.shutdown()
         node.destroy_node()
         helper.destroy_node()
+
+
+def test_node_runs_the_onnxruntime_backend_on_an_exported_graph(ros, checkpoint, tmp_path):
+    """model.backend:=onnxruntime with model.checkpoint an exported .onnx file publishes the fused image."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
+
+    from moe_fusion_core.checkpoint import load_model
+    from moe_fusion_core.onnx_export import export_onnx
+    from moe_fusion_ros.node import FusionNode
+
+    model, cfg = load_model(checkpoint)
+    graph = export_onnx(model, cfg, tmp_path / "model.onnx", fused_only=True, size=(64, 48), dynamic=True)
+    node = FusionNode(parameter_overrides=[
+        Parameter("model.checkpoint", value=str(graph)), Parameter("model.device", value="cpu"),
+        Parameter("model.backend", value="onnxruntime"), Parameter("model.detections", value=False),
+        Parameter("model.warmup_iters", value=0), Parameter("qos.input_reliability", value="reliable"),
+        Parameter("processing.mode", value="all")])
+    helper = rclpy.create_node("moe_fusion_test_helper_ort")
+    got: list = []
+    helper.create_subscription(Image, "fused/image", got.append, 10)
+    pub_t = helper.create_publisher(Image, "thermal/image_raw", 10)
+    pub_r = helper.create_publisher(Image, "rgb/image_raw", 10)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    ex.add_node(helper)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.engine.path == "onnxruntime"
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and 0 in (pub_t.get_subscription_count(), pub_r.get_subscription_count()):
+            ex.spin_once(timeout_sec=0.05)
+        rng = np.random.default_rng(1)
+        for k in range(3):
+            pub_t.publish(image(T0 + k * 40 * MS, "thermal", rng.integers(0, 255, (48, 64)).astype(np.uint8), "mono8"))
+            pub_r.publish(image(T0 + k * 40 * MS, "camera_optical", rng.integers(0, 255, (48, 64, 3)).astype(np.uint8),
+                                "rgb8"))
+            ex.spin_once(timeout_sec=0.05)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(got) < 2:
+            ex.spin_once(timeout_sec=0.1)
+        assert len(got) >= 2 and (got[0].width, got[0].height, got[0].encoding) == (64, 48, "mono8")
+    finally:
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+        ex.shutdown()
+        node.destroy_node()
+        helper.destroy_node()
