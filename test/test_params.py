@@ -85,3 +85,13 @@ def test_params_file_errors(tmp_path):
     bad.write_text("moe_fusion:\n  ros__parameters:\n    sync:\n      slop: 0.02\n")
     with pytest.raises(ValueError, match="/\\*\\*"):
         load_params_file(bad)
+
+
+def test_model_backend_selects_onnxruntime_and_rejects_unknown_backends():
+    p = validate({"model.backend": "onnxruntime", "model.deploy": False})
+    assert (p.model_backend, p.model_deploy) == ("onnxruntime", False)
+    assert validate().model_backend == "torch" and validate().model_deploy is True
+    with pytest.raises(ValueError, match=r"model\.backend.*torch, onnxruntime"):
+        validate({"model.backend": "tensorrt"})
+    with pytest.raises(ValueError, match="read-only"):
+        check_change("model.backend", "onnxruntime", validate())

@@ -160,17 +160,15 @@ class StackedExperts(nn.Module):
         flat = idx.reshape(-1)
         y = x.reshape(1, -1, h, w)  # the batch folded into channels: one grouped conv per layer
         for i in range(self.num_layers):
-            n = self.num_experts
-            # the selected experts' kernels; their shape as Python ints, so that traced graphs know it
-            ks = self.kernel_shapes[i]
-            cout = self.out_channels[i]
+            n, ks, cout = self.num_experts, self.kernel_shapes[i], self.out_channels[i]
             rows = -1
             if torch.jit.is_tracing():  # the TorchScript ONNX exporter needs the kernel's shape as constants
                 rows = int(bsz) * int(slots) * cout
+            # the selected experts' kernels, sample-major: (B·S·Cout)×Cin×kh×kw
             wt = torch.index_select(self.weight(i).view(n, cout, *ks), 0, flat).reshape(rows, *ks)
             b = torch.index_select(self.bias(i).view(n, cout), 0, flat).reshape(-1)
             groups = bsz if (i == 0 and shared) else bsz * slots
-            if wt.dtype != y.dtype:  # autocast does not reach F.conv2d's weight argument
+            if wt.dtype != y.dtype:  # kernels follow the activations (e.g. a half-precision model without autocast)
                 wt, b = wt.to(y.dtype), b.to(y.dtype)
             y = F.conv2d(y, wt, b, padding=self.padding[i], groups=groups)
             if i < self.num_layers - 1:
