@@ -9,6 +9,10 @@ the benchmark measures exactly the code that serves requests:
 - ``detection_heads``: RPN + RoI heads of both detectors (skipped in ``fused_only``);
 - ``end_to_end``: ``FusionEngine.fuse_batch`` with detections; ``fused_only``: without;
 
+``--path eager,deploy,onnxruntime`` times the eager model, the static deploy graph (CUDA graphs on GPU) and the
+exported graph under ONNX Runtime; several paths are timed interleaved (one call of each per iteration), so
+their ratio (``speedup_vs_eager``) holds on a machine shared with other work. Stage rows come from the eager path.
+
 FLOPs are counted with ``torch.utils.flop_counter`` on one forward pass (not estimated); the achieved fraction
 compares FLOPs/latency with the throughput of a large 3×3 convolution measured on the same device/precision.
 """
@@ -46,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", default="1", help="comma-separated batch sizes")
     p.add_argument("--precision", default="fp32", help="comma-separated: fp32, fp16, bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--path", default="eager",
+                   help="comma-separated: eager, deploy, onnxruntime (timed interleaved when several)")
+    p.add_argument("--moe", default="auto", choices=["auto", "gather", "dense"],
+                   help="deploy path: gathered top-K expert kernels or all experts (dense)")
     p.add_argument("--iters", type=int, default=20, help="timed iterations per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--json", type=Path, default=None, help="write the rows as a JSON list")
@@ -127,8 +135,13 @@ def peak_conv_tflops(device: torch.device, dtype: torch.dtype, seconds: float = 
 def count_flops(engine, ir: np.ndarray, vis: np.ndarray, detections: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc:
-        engine.fuse(ir, vis, detections=detections)
+    graphs = getattr(engine, "cuda_graphs", False)
+    engine.cuda_graphs = False  # a CUDA graph replay hides its kernels from the counter
+    try:
+        with FlopCounterMode(display=False) as fc:
+            engine.fuse(ir, vis, detections=detections)
+    finally:
+        engine.cuda_graphs = graphs
     return float(fc.get_total_flops())
 
 
@@ -150,53 +163,79 @@ def real_pair(size: tuple[int, int], root: Path | None = None) -> tuple[np.ndarr
     return cv2.resize(read_ir(ir_path), size), cv2.resize(read_vis(vis_path), size)
 
 
-def bench_model(engine, size: tuple[int, int], batch: int, iters: int, warmup: int, label: dict[str, Any],
-                pair_dir: Path | None = None) -> list[dict[str, Any]]:
+def _loadavg() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def bench_model(engines: dict[str, Any], size: tuple[int, int], batch: int, iters: int, warmup: int,
+                label: dict[str, Any], pair_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Time each engine (path → FusionEngine) on one real pair, interleaved; stage rows from the eager path."""
     ir, vis = real_pair(size, pair_dir)
     pairs = [(ir, vis)] * batch
-    dev = engine.device
-    timer = StageTimer(engine.model, dev)
+    first = next(iter(engines.values()))
+    dev = first.device
+    timer = StageTimer(engines["eager"].model, dev) if "eager" in engines else None
     rows = []
-    peak = peak_conv_tflops(dev, torch.float32 if engine.precision == "fp32" else engine.autocast_dtype)
+    peak = peak_conv_tflops(dev, torch.float32 if first.precision == "fp32" else first.autocast_dtype)
     for mode, det in (("end_to_end", True), ("fused_only", False)):
-        if det and engine.model.detectors is None:
+        if det and not first.has_detectors:
             continue
-        for _ in range(warmup):
-            engine.fuse_batch(pairs, detections=det)
-        timer.collect()
+        for eng in engines.values():
+            for _ in range(warmup):
+                eng.fuse_batch(pairs, detections=det)
+        if timer is not None:
+            timer.collect()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        e2e, stages = [], defaultdict(list)
+        e2e: dict[str, list[float]] = {p: [] for p in engines}
+        stages = defaultdict(list)
+        load = [_loadavg()]
         for _ in range(iters):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            res = engine.fuse_batch(pairs, detections=det)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            e2e.append((time.perf_counter() - t) * 1e3)
-            for k, v in timer.collect().items():
-                stages[k].append(v)
-            stages["preprocess"].append(res[0].timings_ms["preprocess"] * batch)
-            stages["postprocess"].append(res[0].timings_ms["postprocess"] * batch)
+            for path, eng in engines.items():  # interleaved: every path sees the same machine load
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                res = eng.fuse_batch(pairs, detections=det)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                e2e[path].append((time.perf_counter() - t) * 1e3)
+                if path == "eager":
+                    for k, v in timer.collect().items():
+                        stages[k].append(v)
+                    stages["preprocess"].append(res[0].timings_ms["preprocess"] * batch)
+                    stages["postprocess"].append(res[0].timings_ms["postprocess"] * batch)
+        load.append(_loadavg())
         mem = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        flops = count_flops(engine, ir, vis, det)
-        p50 = _pct(e2e, 50)
-        rows.append({**label, "stage": mode, "p50_ms": p50, "p95_ms": _pct(e2e, 95),
-                     "pairs_per_s": batch * 1e3 / p50, "peak_mem_mb": mem, "gflops_per_pair": flops / 1e9,
-                     "achieved_fraction": (flops * batch / (p50 / 1e3)) / (peak * 1e12)})
-        if mode == "end_to_end" or engine.model.detectors is None:
+        flops = {p: count_flops(e, ir, vis, det) for p, e in engines.items() if e.backend == "torch"}
+        ref = _pct(e2e["eager"], 50) if "eager" in engines else None
+        for path in engines:
+            p50 = _pct(e2e[path], 50)
+            f = flops.get(path, flops.get("deploy", flops.get("eager")))
+            row = {**label, "path": path, "stage": mode, "p50_ms": p50, "p95_ms": _pct(e2e[path], 95),
+                   "pairs_per_s": batch * 1e3 / p50, "peak_mem_mb": mem}
+            if f is not None:
+                row.update(gflops_per_pair=f / 1e9, achieved_fraction=(f * batch / (p50 / 1e3)) / (peak * 1e12))
+            if ref is not None and path != "eager":
+                row["speedup_vs_eager"] = ref / p50
+            if dev.type == "cpu" and None not in load:
+                row["loadavg_1min"] = max(load)
+            rows.append(row)
+        if timer is not None and (mode == "end_to_end" or not first.has_detectors):
             for k, v in stages.items():
-                rows.append({**label, "stage": k, "p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95),
+                rows.append({**label, "path": "eager", "stage": k, "p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95),
                              "pairs_per_s": batch * 1e3 / _pct(v, 50) if _pct(v, 50) > 0 else float("inf")})
-    timer.remove()
+    if timer is not None:
+        timer.remove()
     return rows
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    cols = ["config", "device", "size", "batch", "precision", "stage", "p50_ms", "p95_ms", "pairs_per_s",
-            "gflops_per_pair", "achieved_fraction", "peak_mem_mb"]
+    cols = ["config", "device", "size", "batch", "precision", "path", "stage", "p50_ms", "p95_ms", "pairs_per_s",
+            "gflops_per_pair", "achieved_fraction", "speedup_vs_eager", "peak_mem_mb", "loadavg_1min"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
@@ -228,14 +267,23 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         tmp_dir = tempfile.TemporaryDirectory()
         ckpt = save_model(build_model(cfg.model), cfg, Path(tmp_dir.name) / "ckpt")
+    paths = args.path.split(",")
+    unknown = [p for p in paths if p not in ("eager", "deploy", "onnxruntime")]
+    if unknown:
+        raise ValueError(f"--path: unknown {', '.join(unknown)} (eager | deploy | onnxruntime)")
     rows: list[dict[str, Any]] = []
     for prec in precisions:
-        try:
-            engine = FusionEngine(ckpt, device=args.device, precision=prec, compile=args.compile,
-                                  score_threshold=0.05)
-        except ValueError as e:
-            print(f"skipping precision {prec}: {e}", file=sys.stderr)
+        engines: dict[str, Any] = {}
+        for path in paths:
+            try:
+                engines[path] = FusionEngine(ckpt, device=args.device, precision=prec, compile=args.compile,
+                                             score_threshold=0.05, deploy=path == "deploy", moe=args.moe,
+                                             backend="onnxruntime" if path == "onnxruntime" else "torch")
+            except ValueError as e:
+                print(f"skipping {path} at precision {prec}: {e}", file=sys.stderr)
+        if not engines:
             continue
+        engine = next(iter(engines.values()))
         name = engine.config.model.name
         dev = engine.device
         dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu×{torch.get_num_threads()}"
@@ -243,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
             for b in batches:
                 label = {"config": name, "device": dev_name, "size": f"{size[0]}x{size[1]}", "batch": b,
                          "precision": prec}
-                rows += bench_model(engine, size, b, args.iters, args.warmup, label, args.pair_dir)
+                rows += bench_model(engines, size, b, args.iters, args.warmup, label, args.pair_dir)
     print_table(rows)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -163,14 +163,39 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
 # ---------------------------------------------------------------- ``moe-fusion export``
 def add_arguments(p: Any) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint folder (e.g. RUN_DIR/final) or .safetensors file")
-    p.add_argument("out", type=Path, help="output model folder (model.safetensors + config.yaml)")
+    p.add_argument("out", type=Path, nargs="?", default=None,
+                   help="output model folder (model.safetensors + config.yaml); not with --onnx")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored precision")
     p.add_argument("--note", action="append", default=[], metavar="KEY=VALUE",
                    help="extra metadata stored in the safetensors header (repeatable)")
+    p.add_argument("--onnx", type=Path, default=None, metavar="OUT.onnx",
+                   help="write the deploy graph as ONNX (opset 17) instead: inputs ir, vis; outputs fused, "
+                        "gates_*, and boxes, scores, labels unless --fused-only (docs/benchmarks.md: TensorRT)")
+    p.add_argument("--fused-only", action="store_true", help="ONNX: fusion head + attention only, no detections")
+    p.add_argument("--size", default="640x480", help="ONNX: WxH of the graph (the traced size with --dynamic)")
+    p.add_argument("--dynamic", action="store_true", help="ONNX: height and width free (any input size)")
+    p.add_argument("--batch", type=int, default=1, help="ONNX: batch size of the graph (1 with detections)")
+    p.add_argument("--moe", choices=["gather", "dense"], default="gather",
+                   help="ONNX: mixtures as gathered top-K expert kernels (sparse FLOPs) or all experts with "
+                        "zero weights for the unselected ones (constant kernels)")
 
 
 def run(args: Any) -> int:
-    """Re-save a checkpoint for deployment: weights only, in the asked precision, written atomically."""
+    """Re-save a checkpoint for deployment (weights only, in the asked precision), or export it as ONNX."""
+    if args.onnx is not None:
+        from .onnx_export import export_onnx, parse_size
+
+        if args.out is not None:
+            raise ValueError("give either OUT (a model folder) or --onnx OUT.onnx, not both")
+        model, cfg = load_model(args.checkpoint)
+        path = export_onnx(model, cfg, args.onnx, fused_only=args.fused_only, size=parse_size(args.size),
+                           batch=args.batch, dynamic=args.dynamic, moe=args.moe)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, opset 17, "
+              f"{'fused only' if args.fused_only or model.detectors is None else 'with detections'}, "
+              f"{'dynamic height/width' if args.dynamic else args.size})")
+        return 0
+    if args.out is None:
+        raise ValueError("missing OUT (the model folder to write), or use --onnx OUT.onnx")
     model, cfg = load_model(args.checkpoint)
     meta = {}
     for item in args.note:

@@ -10,6 +10,14 @@ Input policy (what a robotics user can hand it):
   (``mismatch="error"``). The network runs at the native size (padded to a multiple of 32, cropped back; the
   aspect ratio is never distorted); ``max_side`` optionally scales both down first, keeping the aspect ratio.
 - empty, zero-size, NaN/inf-only or wrongly shaped inputs raise ``ValueError`` naming the problem.
+
+Execution (same outputs within float tolerance; docs/benchmarks.md has the timings):
+- ``backend="torch"``, ``deploy=True`` (default): the static-shape deploy graph
+  (:class:`~moe_fusion_core.model.deploy.DeployFusion`: mixtures without host syncs, paired backbones and
+  encoders, fused-only work cut to what the fused image needs); on CUDA it is captured in one CUDA graph per
+  input size and replayed (``cuda_graphs``). ``deploy=False``: the eager training model.
+- ``backend="onnxruntime"``: an exported graph (``checkpoint`` an ``.onnx`` file from ``moe-fusion export --onnx``,
+  or a checkpoint that is exported once into a cache) run by ONNX Runtime; fp32 only.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from .config import Config
 from .image_io import rgb_to_luma, to_8bit
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GATE_NAMES = ("mole_fg", "mole_bg", "moge")
 
@@ -89,24 +98,30 @@ class FusionEngine:
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device | None = None,
                  precision: str = "fp32", detections: bool = True, compile: bool = False, warmup: int = 0,
                  channels_last: bool = True, score_threshold: float = 0.3, mismatch: str = "resize",
-                 max_side: int | None = None, thermal_normalizer: object | None = None) -> None:
+                 max_side: int | None = None, thermal_normalizer: object | None = None, backend: str = "torch",
+                 deploy: bool = True, moe: str = "auto", cuda_graphs: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mismatch not in ("resize", "error"):
             raise ValueError(f"mismatch must be 'resize' or 'error', got {mismatch!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if moe not in ("auto", "gather", "dense"):
+            raise ValueError(f"moe must be auto, gather or dense, got {moe!r}")
         self.device = resolve_device(device)
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+        if backend == "onnxruntime" and precision != "fp32":
+            raise ValueError(f"backend 'onnxruntime' runs the exported fp32 graph; got precision {precision!r} "
+                             "(for half precision build a TensorRT engine: docs/benchmarks.md)")
         path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
         if checkpoint is None and not (path / "model.safetensors").is_file():
             raise FileNotFoundError(f"the embedded default model is missing from {path}; reinstall the package "
                                     "or pass checkpoint=PATH")
         self.checkpoint = path
-        self.model, self.config = load_model(path, self.device)
-        self.model.eval()
+        self.backend = backend
         self.precision = precision
         self.autocast_dtype = PRECISIONS[precision]
-        self.detections = detections and self.model.detectors is not None
         self.score_threshold = score_threshold
         self.mismatch = mismatch
         self.max_side = max_side
@@ -115,11 +130,52 @@ class FusionEngine:
 
             thermal_normalizer = ThermalNormalizer(default_thermal_normalization())
         self.thermal_normalizer = thermal_normalizer
-        if channels_last and self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self.model = None
+        self.deploy = None
+        self._sessions: dict[bool, object] = {}
+        self._graphs: dict[tuple, tuple] = {}
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and deploy and not compile
+        # gathered top-K kernels: the sparse FLOPs without host syncs; faster than dense on CPU
+        # (docs/benchmarks.md); on CUDA both are launch-equal and gather does half the expert FLOPs
+        self.moe = "gather" if moe == "auto" else moe
+        if backend == "onnxruntime":
+            self._init_onnxruntime(path, detections)
+        else:
+            self.model, self.config = load_model(path, self.device)
+            self.model.eval()
+            self.has_detectors = self.model.detectors is not None
+            if channels_last and self.device.type == "cuda":
+                self.model.to(memory_format=torch.channels_last)
+            if deploy:
+                from .model.deploy import DeployFusion
+
+                self.deploy = DeployFusion(self.model, moe=self.moe)
+                if channels_last and self.device.type == "cuda":
+                    self.deploy.to(memory_format=torch.channels_last)
+            target = self.deploy if deploy else self.model
+            self._forward = torch.compile(target, dynamic=True) if compile else target
+        self.path = "onnxruntime" if backend == "onnxruntime" else ("deploy" if deploy else "eager")
+        self.detections = detections and self.has_detectors
         if warmup:
             self.warmup(warmup)
+
+    def _init_onnxruntime(self, path: Path, detections: bool) -> None:
+        from .onnx_export import OnnxSession, cached_export
+
+        if path.suffix == ".onnx":
+            if not path.is_file():
+                raise FileNotFoundError(f"ONNX model {path} not found")
+            sess = OnnxSession(path, self.device)
+            self._sessions = {sess.has_detections: sess}
+        else:  # a torch checkpoint: export it once (dynamic height/width) into the cache
+            from .checkpoint import read_config
+
+            has_det = read_config(path).model.detector is not None
+            self._sessions = {False: OnnxSession(cached_export(path, fused_only=True), self.device)}
+            if detections and has_det:
+                self._sessions[True] = OnnxSession(cached_export(path, fused_only=False), self.device)
+        self.config = next(iter(self._sessions.values())).config
+        self.has_detectors = any(self._sessions)
 
     @property
     def cfg(self) -> Config:
@@ -201,7 +257,7 @@ class FusionEngine:
         """Fuse several pairs in one forward pass. All visible images must share one size."""
         if not pairs:
             return []
-        want_det = self.detections if detections is None else (detections and self.model.detectors is not None)
+        want_det = self.detections if detections is None else (detections and self.has_detectors)
         t0 = time.perf_counter()
         prepared = [self.prepare(ir, vis, vis_order) for ir, vis in pairs]
         sizes = {v.shape[:2] for _, v in prepared}
@@ -210,17 +266,14 @@ class FusionEngine:
         irs, viss = [p[0] for p in prepared], [p[1] for p in prepared]
         ir_t, vis_t, rgb_t = self._tensors(irs, viss)
         t1 = time.perf_counter()
-        use_amp = self.precision != "fp32"
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
-            out = self._forward(ir_t, vis_t, vis_rgb=rgb_t, need_detections=want_det)
-        fused = out.fused
+        if self.backend == "onnxruntime":
+            fused, gates, dets = self._run_onnxruntime(ir_t, vis_t, rgb_t, want_det)
+        else:
+            fused, gates, dets = self._run_torch(ir_t, vis_t, rgb_t, want_det)
         h, w = viss[0].shape[:2]
         if fused.shape[-2:] != (h, w):
             fused = torch.nn.functional.interpolate(fused.float(), size=(h, w), mode="bilinear", align_corners=False)
         fused_np = to_uint8(fused[:, 0])
-        gates = {k: g.gates.float().cpu().numpy() for k, g in out.gates.items()}
-        dets = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()}
-                for d in out.detections] if (want_det and out.detections is not None) else None
         t2 = time.perf_counter()
         scale_back = w / ir_t.shape[-1], h / ir_t.shape[-2]
         results = []
@@ -238,6 +291,77 @@ class FusionEngine:
         for r in results:
             r.timings_ms = dict(timings, total=sum(timings.values()))
         return results
+
+    def _run_torch(self, ir_t: torch.Tensor, vis_t: torch.Tensor, rgb_t: torch.Tensor, want_det: bool
+                   ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[dict[str, torch.Tensor]] | None]:
+        use_amp = self.precision != "fp32"
+        if self.deploy is None:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
+                out = self._forward(ir_t, vis_t, vis_rgb=rgb_t, need_detections=want_det)
+            gates = {k: g.gates.float().cpu().numpy() for k, g in out.gates.items()}
+            dets = out.detections if (want_det and out.detections is not None) else None
+            fused = out.fused
+        else:
+            if self.cuda_graphs:
+                out = self._graph_forward(ir_t, vis_t, rgb_t, want_det)
+            else:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
+                    out = self._forward(ir_t, vis_t, rgb_t, features=want_det)
+            fused = out.fused.clone() if self.cuda_graphs else out.fused  # graph outputs are reused buffers
+            gates = {k: g.float().cpu().numpy() for k, g in out.gates.items()}
+            dets = None
+            if want_det:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
+                    dets = self.deploy.detect(out.features, tuple(ir_t.shape[-2:]))
+        if dets is not None:
+            dets = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in dets]
+        return fused, gates, dets
+
+    def _graph_forward(self, ir_t: torch.Tensor, vis_t: torch.Tensor, rgb_t: torch.Tensor, features: bool):
+        """The deploy graph captured once per (batch, size, features) in a CUDA graph, then replayed."""
+        key = (tuple(ir_t.shape), features)
+        entry = self._graphs.get(key)
+        if entry is None:
+            static = (ir_t.clone(), vis_t.clone(), rgb_t.clone())
+            use_amp = self.precision != "fp32"
+
+            def run():
+                # no autocast weight cache: a captured graph must not hold casts made outside it
+                with torch.autocast("cuda", dtype=self.autocast_dtype, enabled=use_amp, cache_enabled=False):
+                    return self.deploy(*static, features=features)
+
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # cuDNN autotune and allocator warm-up outside the capture
+                    run()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = run()
+            entry = self._graphs[key] = (graph, static, out)
+        graph, static, out = entry
+        for dst, src in zip(static, (ir_t, vis_t, rgb_t)):
+            dst.copy_(src)
+        graph.replay()
+        return out
+
+    def _run_onnxruntime(self, ir_t: torch.Tensor, vis_t: torch.Tensor, rgb_t: torch.Tensor, want_det: bool
+                         ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[dict[str, torch.Tensor]] | None]:
+        sess = self._sessions.get(want_det) or self._sessions.get(True)
+        feeds = {"ir": ir_t.cpu().numpy(), "vis": vis_t.cpu().numpy(), "vis_rgb": rgb_t.cpu().numpy()}
+        batch = ir_t.shape[0]
+        if sess.batch not in (None, 1, batch):
+            raise ValueError(f"{sess.path} was exported for batch {sess.batch}, got {batch} pairs")
+        per_pair = sess.batch == 1 and batch > 1  # e.g. graphs with detections take one pair per call
+        runs = ([sess.run({k: v[b:b + 1] for k, v in feeds.items()}) for b in range(batch)] if per_pair
+                else [sess.run(feeds)])
+        fused = torch.from_numpy(np.concatenate([r["fused"] for r in runs]))
+        gates = {k: np.concatenate([r[f"gates_{k}"] for r in runs]) for k in GATE_NAMES if f"gates_{k}" in runs[0]}
+        dets = None
+        if want_det:
+            dets = [{k: torch.from_numpy(r[k]) for k in ("boxes", "scores", "labels")} for r in runs]
+        return fused, gates, dets
 
     def fuse(self, ir: np.ndarray, vis: np.ndarray, *, color: bool = False, detections: bool | None = None,
              vis_order: str = "rgb") -> FusionResult:

@@ -26,7 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("moe_fusion_core.info", "parameter counts per component and the config"),
     "register": ("moe_fusion_core.registration",
                  "thermal-to-RGB homography from clicked point pairs, as a ROS parameter file"),
-    "export": ("moe_fusion_core.checkpoint", "re-save a checkpoint for deployment (fp16 safetensors + config)"),
+    "export": ("moe_fusion_core.checkpoint",
+               "re-save a checkpoint for deployment (fp16 safetensors + config), or --onnx OUT.onnx"),
 }
 
 

@@ -44,6 +44,10 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("model.precision", "fp32", "string", "inference precision", choices=("fp32", "fp16", "bf16"),
               read_only=True),
+    ParamSpec("model.backend", "torch", "string", "inference backend; onnxruntime runs the exported ONNX graph "
+              "(model.checkpoint may be a .onnx file)", choices=("torch", "onnxruntime"), read_only=True),
+    ParamSpec("model.deploy", True, "bool", "torch backend: static-shape deploy graph (CUDA graphs on GPU); "
+              "false = the eager model", read_only=True),
     ParamSpec("model.warmup_iters", 3, "int", "warm-up passes at 640x480 before the first frame", range=(0, 100),
               read_only=True),
     ParamSpec("model.max_side", 0, "int", "scale inputs so the longer side is at most this (0 = native size)",
@@ -113,6 +117,8 @@ class FusionParams:
     model_device: str
     model_allow_cpu_fallback: bool
     model_precision: str
+    model_backend: str
+    model_deploy: bool
     model_warmup_iters: int
     model_max_side: int
     model_detections: bool

@@ -230,7 +230,8 @@ def test_max_side_runs_smaller_but_answers_at_the_visible_size(checkpoint, road)
     h, w = vis.shape[:2]
     small = FusionEngine(checkpoint, device="cpu", detections=False, max_side=64)
     seen = []
-    small.model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    network = small.deploy if small.deploy is not None else small.model  # the module that serves requests
+    network.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
     res = small.fuse(ir, vis)
     assert seen == [(1, 1, round(h * 64 / w), 64)]  # long side 64, aspect ratio kept
     assert res.fused.shape == (h, w)

@@ -200,3 +200,39 @@ def test_an_unexpected_error_in_one_frame_is_counted_and_the_worker_goes_on(prob
     finally:
         spin.stop()
         node.destroy_node()
+
+
+def test_the_onnxruntime_backend_runs_the_node_on_an_exported_graph(probe, tmp_path):
+    """model.backend:=onnxruntime with model.checkpoint an exported .onnx file (no torch model at run time)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install '.[onnx]')")
+    from rclpy.lifecycle import TransitionCallbackReturn as R
+
+    from moe_fusion_core.checkpoint import load_model
+    from moe_fusion_core.engine import default_checkpoint
+    from moe_fusion_core.onnx_export import export_onnx
+
+    model, cfg = load_model(default_checkpoint())
+    graph = export_onnx(model, cfg, tmp_path / "model.onnx", fused_only=True, size=(64, 48), dynamic=True)
+    node = make_node(**{"model.checkpoint": str(graph), "model.backend": "onnxruntime", "model.max_side": 0,
+                        "processing.mode": "all"})
+    spin = Spinner(node)
+    try:
+        assert node.trigger_configure() == R.SUCCESS and node.engine.path == "onnxruntime"
+        assert node.trigger_activate() == R.SUCCESS
+        settle(probe, {"subs": 2, "pubs": 1})
+        rng = np.random.default_rng(1)
+        t0 = 1_700_000_200 * 10**9
+        for k in range(3):
+            probe.pub["thermal"].publish(image(t0 + k * 40 * MS + 2 * MS, "thermal",
+                                               rng.integers(0, 255, (48, 64)).astype(np.uint8), "mono8"))
+            probe.pub["rgb"].publish(image(t0 + k * 40 * MS, "camera",
+                                           rng.integers(0, 255, (48, 64, 3)).astype(np.uint8), "rgb8"))
+        assert probe.wait(lambda: len(probe.messages("image")) >= 3, 120)
+        m = probe.messages("image")[0]
+        assert (m.width, m.height, m.encoding, m.header.frame_id) == (64, 48, "mono8", "camera")
+        node.trigger_deactivate()
+        node.trigger_cleanup()
+    finally:
+        spin.stop()
+        node.destroy_node()
+

@@ -113,3 +113,13 @@ def test_live_changes_of_new_pairing_settings_and_foreign_parameters():
     for name in ("use_sim_time", "qos_overrides./fused/image.publisher.depth", "diagnostic_updater.period"):
         assert not is_ours(name)
     assert is_ours("sync.slop")
+
+
+def test_model_backend_selects_onnxruntime_and_rejects_unknown_backends():
+    p = validate({"model.backend": "onnxruntime", "model.deploy": False})
+    assert (p.model_backend, p.model_deploy) == ("onnxruntime", False)
+    assert validate().model_backend == "torch" and validate().model_deploy is True
+    with pytest.raises(ValueError, match=r"model\.backend.*torch, onnxruntime"):
+        validate({"model.backend": "tensorrt"})
+    with pytest.raises(ValueError, match="read-only"):
+        check_change("model.backend", "onnxruntime", validate())

@@ -1,0 +1,111 @@
+"""The static deploy path (``FusionEngine(deploy=True)``, :class:`DeployFusion`) answers as the eager model does."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from moe_fusion_core.engine import FusionEngine
+from moe_fusion_core.image_io import read_ir, read_vis
+from moe_fusion_core.model.deploy import DeployFusion, area_pool_matrix, gate_features
+
+STEMS = ("00055D", "01023N")  # MSRS validation pairs (day, night) that route to different experts
+SIZE = (320, 240)
+
+
+@pytest.fixture(scope="module")
+def pairs(data_dir) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for stem in STEMS:
+        ir = read_ir(data_dir / "msrs" / "ir" / f"{stem}.png")
+        vis = read_vis(data_dir / "msrs" / "vis" / f"{stem}.png")
+        out.append((cv2.resize(ir, SIZE, interpolation=cv2.INTER_AREA),
+                    cv2.resize(vis, SIZE, interpolation=cv2.INTER_AREA)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def eager() -> FusionEngine:
+    return FusionEngine(device="cpu", deploy=False)  # the shipped model
+
+
+def _routes(res) -> tuple:
+    return tuple(tuple(np.flatnonzero(g)) for g in res.gates.values())
+
+
+def _assert_same(a, b) -> None:
+    diff = np.abs(a.fused.astype(int) - b.fused.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999, (diff.max(), (diff == 0).mean())
+    for k in b.gates:
+        np.testing.assert_allclose(a.gates[k], b.gates[k], atol=1e-5)
+    assert len(a.detections) == len(b.detections)
+    for x, y in zip(a.detections, b.detections):
+        assert x.class_id == y.class_id and abs(x.score - y.score) < 1e-4
+        np.testing.assert_allclose(x.box, y.box, atol=0.05)
+
+
+def test_deploy_path_matches_the_eager_model_on_real_pairs_in_one_batch(eager, pairs):
+    """A batch whose samples route to different experts: per-sample gathered expert kernels give the eager
+    model's fused image, gates and detections; so do odd sizes and the fused-only graph."""
+    ref = eager.fuse_batch(pairs)
+    assert len(set(map(_routes, ref))) > 1, "the chosen pairs must route to different experts"
+    assert sum(len(r.detections) for r in ref) > 0
+    deploy = FusionEngine(device="cpu")  # the default path
+    assert deploy.path == "deploy" and deploy.moe == "gather"
+    for a, b in zip(deploy.fuse_batch(pairs), ref):
+        _assert_same(a, b)
+    ir, vis = pairs[0]  # an odd size: padded inside the graph, cropped back
+    _assert_same(deploy.fuse(ir[:197, :251], vis[:197, :251]), eager.fuse(ir[:197, :251], vis[:197, :251]))
+    fused_only = deploy.fuse(ir, vis, detections=False)  # the cut graph (attention level only)
+    assert fused_only.detections == []
+    np.testing.assert_array_equal(fused_only.fused, deploy.fuse(ir, vis).fused)
+
+
+def test_dense_mixtures_with_zero_weights_match_the_sparse_eager_model(eager, pairs):
+    dense = FusionEngine(device="cpu", moe="dense", detections=False)
+    for a, b in zip(dense.fuse_batch(pairs), eager.fuse_batch(pairs, detections=False)):
+        _assert_same(a, b)
+
+
+def test_area_pool_matrices_equal_adaptive_average_pooling():
+    """The shape-generic gate pooling of exported graphs is the eager gate input, also for uneven windows."""
+    x = torch.rand(2, 3, 97, 131)
+    for grid in ((30, 40), (15, 20), (97, 131)):
+        torch.testing.assert_close(gate_features(x, grid, "area", export="dynamic"),
+                                   gate_features(x, grid, "area"), atol=1e-6, rtol=1e-5)
+    assert torch.allclose(area_pool_matrix(10, 3, torch.device("cpu")).sum(1), torch.ones(3))
+
+
+def test_deploy_graph_rejects_unknown_moe_mode(eager):
+    with pytest.raises(ValueError, match="moe must be one of gather, dense"):
+        DeployFusion(eager.model, moe="sparse")
+    with pytest.raises(ValueError, match="moe must be auto, gather or dense"):
+        FusionEngine(device="cpu", moe="sparse")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none; run on a GPU machine)")
+def test_cuda_graph_deploy_path_matches_the_cpu_eager_reference(data_dir):
+    """On CUDA the deploy graph is captured once per input size and replayed: fp32 within 1 grey level of CPU
+    eager, fp16/bf16 within the precision test's tolerance; a second size captures a second graph."""
+    ir = read_ir(data_dir / "msrs" / "ir" / "00004N.png")
+    vis = read_vis(data_dir / "msrs" / "vis" / "00004N.png")
+    ref = FusionEngine(device="cpu", deploy=False).fuse(ir, vis)
+    for precision, mean_tol, max_tol in (("fp32", 0.05, 2), ("fp16", 0.5, 8), ("bf16", 1.5, 16)):
+        eng = FusionEngine(device="cuda", precision=precision)
+        assert eng.cuda_graphs
+        for _ in range(2):  # capture, then replay
+            out = eng.fuse(ir, vis)
+            diff = np.abs(out.fused.astype(int) - ref.fused.astype(int))
+            assert diff.mean() < mean_tol and diff.max() <= max_tol, (precision, diff.mean(), diff.max())
+        for name, w in out.gates.items():
+            assert w.dtype == np.float32 and abs(float(w.sum()) - 1.0) < 1e-4, (precision, name)
+        if precision == "fp32":
+            assert len(out.detections) == len(ref.detections)
+        small = eng.fuse(ir[:240, :320], vis[:240, :320], detections=False)
+        assert small.fused.shape == (240, 320)
+        assert len(eng._graphs) == 2  # one graph per (batch, size, detections)
+        batch = eng.fuse_batch([(ir, vis), (ir, vis)])
+        for b in batch:
+            assert np.abs(b.fused.astype(int) - out.fused.astype(int)).max() <= 1, precision

@@ -1,0 +1,104 @@
+"""``moe-fusion export --onnx``: the exported graph under ONNX Runtime answers as PyTorch does (issue #16)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -r requirements-dev.txt)")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -r requirements-dev.txt)")
+
+from moe_fusion_core.engine import DEFAULT_MODEL_DIR, FusionEngine  # noqa: E402
+from moe_fusion_core.image_io import read_ir, read_vis  # noqa: E402
+from moe_fusion_ros.cli import main  # noqa: E402
+
+STEMS = ("00537D", "01023N")  # MSRS pairs with several people
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory) -> Path:
+    """The shipped model with detections, height and width dynamic, exported through the CLI."""
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(["export", str(DEFAULT_MODEL_DIR), "--onnx", str(out), "--size", "192x160", "--dynamic"]) == 0
+    return out
+
+
+def _pairs(data_dir, size) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for stem in STEMS:
+        ir = read_ir(data_dir / "msrs" / "ir" / f"{stem}.png")
+        vis = read_vis(data_dir / "msrs" / "vis" / f"{stem}.png")
+        out.append((cv2.resize(ir, size, interpolation=cv2.INTER_AREA),
+                    cv2.resize(vis, size, interpolation=cv2.INTER_AREA)))
+    return out
+
+
+def test_exported_graph_has_the_documented_inputs_outputs_and_opset(graph):
+    proto = onnx.load(str(graph))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in proto.graph.input] == ["ir", "vis"]
+    assert [o.name for o in proto.graph.output] == ["fused", "gates_mole_fg", "gates_mole_bg", "gates_moge",
+                                                    "boxes", "scores", "labels"]
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 1, "height", "width"]  # traced at 192x160, any size runs
+    assert any(p.key == "moe_fusion_config" for p in proto.metadata_props)
+
+
+@pytest.mark.parametrize("size", [(320, 240), (301, 227)])  # the traced size differs; 301x227 needs padding
+def test_onnxruntime_matches_pytorch_on_real_pairs(graph, data_dir, size):
+    """Fused image within 1 grey level; every detection above the score threshold matched at IoU ≥ 0.9."""
+    ort = FusionEngine(graph, device="cpu", backend="onnxruntime")
+    ref = FusionEngine(device="cpu", deploy=False)
+    assert ort.path == "onnxruntime" and ort.detections and ort.class_names == ref.class_names
+    matched = 0
+    for ir, vis in _pairs(data_dir, size):
+        a, b = ort.fuse(ir, vis), ref.fuse(ir, vis)
+        assert np.abs(a.fused.astype(int) - b.fused.astype(int)).max() <= 1
+        for k in b.gates:
+            np.testing.assert_allclose(a.gates[k], b.gates[k], atol=1e-4)
+        assert len(a.detections) == len(b.detections)
+        for d in b.detections:
+            best = max((_iou(d.box, e.box) for e in a.detections if e.class_id == d.class_id), default=0.0)
+            assert best >= 0.9, (d, best)
+            matched += 1
+    assert matched > 0, "the test pairs must have detections above the threshold"
+
+
+def test_fused_only_batched_graph_and_engine_batches(tmp_path, data_dir):
+    out = tmp_path / "fused.onnx"
+    assert main(["export", str(DEFAULT_MODEL_DIR), "--onnx", str(out), "--fused-only", "--size", "160x128",
+                 "--batch", "2"]) == 0
+    assert [o.name for o in onnx.load(str(out)).graph.output] == ["fused", "gates_mole_fg", "gates_mole_bg",
+                                                                   "gates_moge"]
+    eng = FusionEngine(out, device="cpu", backend="onnxruntime")
+    assert not eng.detections
+    pairs = _pairs(data_dir, (160, 128))
+    ref = FusionEngine(device="cpu", detections=False).fuse_batch(pairs)
+    for a, b in zip(eng.fuse_batch(pairs), ref):
+        assert np.abs(a.fused.astype(int) - b.fused.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="exported for batch 2, got 3 pairs"):
+        eng.fuse_batch(pairs + pairs[:1])
+
+
+def test_export_and_backend_errors_are_clear(tmp_path):
+    assert main(["export", str(DEFAULT_MODEL_DIR), "--onnx", str(tmp_path / "x.onnx"), "--batch", "2"]) == 2
+    assert main(["export", str(DEFAULT_MODEL_DIR), "--onnx", str(tmp_path / "x.onnx"), "--size", "640"]) == 2
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(ValueError, match="runs the exported fp32 graph"):
+        FusionEngine(device="cpu", backend="onnxruntime", precision="bf16")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        FusionEngine(tmp_path / "missing.onnx", device="cpu", backend="onnxruntime")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        FusionEngine(device="cpu", backend="tensorrt")
