@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
 ]
 EXTRAS_REQUIRE = {
     "train": ["tensorboard>=2.21,<3"],  # training curves (moe-fusion train)
-    "onnx": ["onnx>=1.23,<2", "onnxruntime>=1.31,<2", "onnxscript>=0.7,<1"],  # export + ONNX Runtime backend
+    "onnx": ["onnx>=1.23,<2", "onnxruntime>=1.31,<2"],  # export (TorchScript exporter) + ONNX Runtime backend
     "dev": ["pytest>=9.2,<10", "ruff>=0.17.6,<0.18"],  # tests and lint
     "test": ["pytest>=9.2,<10"],  # what `colcon test` looks for
 }
