@@ -150,13 +150,16 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def real_pair(size: tuple[int, int], root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The first real pair of ``root`` (default: ../shared/data/msrs beside the repo), resized to ``size``."""
+    """The first real pair of ``root`` (default: ../shared/data/msrs beside the repo, else the checkout's
+    sample/pairs), resized to ``size``."""
     import cv2
 
     from .image_io import pair_by_stem, read_ir, read_vis
 
     if root is None:
-        root = Path(__file__).resolve().parents[2] / "shared" / "data" / "msrs"
+        repo = Path(__file__).resolve().parents[1]
+        root = next((d for d in (repo.parent / "shared" / "data" / "msrs", repo / "sample" / "pairs")
+                     if (d / "ir").is_dir()), repo.parent / "shared" / "data" / "msrs")
     if not (root / "ir").is_dir():
         raise FileNotFoundError(f"benchmark pair folder {root} not found (needs ir/ and vis/; use --pair-dir)")
     _, (ir_path, vis_path) = pair_by_stem([root / "ir", root / "vis"]).pairs[0]
