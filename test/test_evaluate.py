@@ -81,9 +81,15 @@ def test_evaluate_json_baselines_and_report(dataset: Path, capsys):
     assert res["summary"] == {"pairs": 3, "scored": 3, "skipped": 0, "modes": ["paper", "standard"]}
     assert res["gates"]["count"] == {"day": 1, "night": 2}
     assert res["gates"]["fired_fraction"]["night"]["mole_fg"] == [0.0, 1.0, 0.5, 0.5]
+    # share of the gate mass: the mean gate vector per tag and over all pairs; day vs night total variation
+    assert res["gates"]["share"]["night"]["mole_fg"] == pytest.approx([0.0, 0.5, 0.25, 0.25])
+    assert res["gates"]["share"]["all"]["mole_bg"] == pytest.approx([5 / 6, 1 / 6, 0.0, 0.0])
+    assert res["gates"]["tv_day_night"]["mole_fg"] == pytest.approx(0.75)
+    assert res["gates"]["tv_day_night"]["moge"] == 0.0  # every pair routed to expert 1
     md = (rep / "report.md").read_text()
     assert "## paper mode" in md and "## standard mode" in md and "| best |" in md
     assert "| SCD |" in md and "expert" in md
+    assert "| mole_fg | night (2) | 0.0% | 50.0% | 25.0% | 25.0% |" in md and "mole_fg 0.750" in md
     for name in ("metrics_paper.png", "metrics_standard.png", "per_image_paper.png", "per_image_standard.png",
                  "gates.png"):
         assert (rep / name).read_bytes()[:8] == PNG_MAGIC, name
