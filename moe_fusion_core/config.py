@@ -51,6 +51,10 @@ class DetectorConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    # Merging the two detectors' boxes (model/merge.py): class-wise suppression at this IoU, and of boxes whose
+    # smaller one lies at least this much inside the other (1.0 = off, plain NMS).
+    merge_iou_thresh: float = 0.5
+    merge_containment_thresh: float = 1.0
     rgb_visible: bool = False  # spec §9.14: give the visible detector the RGB image instead of its luma
 
 

@@ -1,6 +1,7 @@
 """``moe-fusion evaluate``: score fused images with the paper's eight fusion metrics (+ mAP@0.5 with labels).
 
-``moe-fusion evaluate --fused DIR --ir DIR --vis DIR [--labels DIR] [--detections DIR] [--mode paper|standard|both]
+``moe-fusion evaluate --fused DIR --ir DIR --vis DIR [--labels DIR [--score-threshold T]] [--detections DIR]
+[--mode paper|standard|both]
 [--baselines] [--json OUT.json] [--report OUT_DIR] [--gate-log gates.jsonl] [--no-progress]``
 
 Images are paired by relative stem across the three folders (nested dataset folders are allowed; means are also
@@ -14,7 +15,8 @@ JSON (``--json``; NaN is written as ``null``)::
                 "per_folder": {"<folder>": {"mean", "nan_count", "count"}}   (nested folders only)},
      "baselines": {"<name>": {"<mode>": {"mean", "nan_count", "per_image"}}}   (--baselines),
      "skipped": [{"stem", "reason"}, …],
-     "detection": {"mAP50", "per_class", "images", "problems", …}   (--labels),
+     "detection": {"mAP50", "per_class", "images", "problems", "best_f1": {"threshold", "precision", "recall",
+                   "f1", …}, "at_threshold": {…} (--score-threshold), …}   (--labels),
      "gates": {…}   (--gate-log),
      "summary": {"pairs", "scored", "skipped", "modes"}}
 
@@ -50,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, default=None, help="YOLO label folder: also compute mAP@0.5")
     p.add_argument("--detections", type=Path, default=None,
                    help="detection JSON folder of 'moe-fusion fuse --detections' (default FUSED/detections)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="with --labels: also precision/recall of the detections scoring at least this")
     p.add_argument("--classes", type=Path, default=None,
                    help="classes.txt (default: in the label folder or beside it)")
     p.add_argument("--mode", choices=["paper", "standard", "both"], default="both",
@@ -156,7 +160,13 @@ def gate_statistics(path: Path) -> dict[str, Any]:
 
 
 def _detection(args: argparse.Namespace) -> dict[str, Any]:
-    from .metrics.detection import load_labels_and_detections, mean_average_precision, read_class_names
+    from .metrics.detection import (
+        best_f1_threshold,
+        load_labels_and_detections,
+        mean_average_precision,
+        precision_recall_at,
+        read_class_names,
+    )
 
     det_dir = args.detections or args.fused / "detections"
     if not args.labels.is_dir():
@@ -169,8 +179,13 @@ def _detection(args: argparse.Namespace) -> dict[str, Any]:
     names = read_class_names(classes_file) if classes_file else None
     gt, dets, problems = load_labels_and_detections(args.labels, det_dir, names)
     res = mean_average_precision(gt, dets, num_classes=len(names) if names else None)
-    return {**res.to_json(names), "images": len(gt), "problems": problems, "iou_threshold": 0.5,
-            "interpolation": "VOC all-point", "detections_dir": str(det_dir)}
+    thr, best = best_f1_threshold(gt, dets)
+    out = {**res.to_json(names), "images": len(gt), "problems": problems, "iou_threshold": 0.5,
+           "interpolation": "VOC all-point", "detections_dir": str(det_dir),
+           "best_f1": {"threshold": thr, **best}}
+    if args.score_threshold is not None:
+        out["at_threshold"] = {"threshold": args.score_threshold, **precision_recall_at(gt, dets, args.score_threshold)}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -278,6 +293,11 @@ def _print_summary(result: dict[str, Any], modes: list[str]) -> None:
         print(f"\nmAP@0.5 (VOC all-point) over {d['images']} images: {_fmt(d['mAP50'])}")
         for name, c in d["per_class"].items():
             print(f"  {name:<16} AP {_fmt(c['AP'])}  (gt {c['num_gt']}, det {c['num_det']})")
+        for key, label in (("best_f1", "best F1"), ("at_threshold", "at")):
+            if key in d:
+                x = d[key]
+                print(f"  {label} score ≥ {x['threshold']:.3f}: precision {x['precision']:.3f}, recall "
+                      f"{x['recall']:.3f}, F1 {x['f1']:.3f} (all classes pooled)")
 
 
 # ------------------------------------------------------------------------------------------------------- report
@@ -360,6 +380,12 @@ def write_report(result: dict[str, Any], modes: list[str], out: Path) -> list[Pa
         lines += ["## Detection", "", f"mAP@0.5 (VOC all-point interpolation) over {d['images']} images: "
                   f"{_fmt(d['mAP50'])}", "", "| class | AP | GT | detections |", "|---|---|---|---|"]
         lines += [f"| {n} | {_fmt(c['AP'])} | {c['num_gt']} | {c['num_det']} |" for n, c in d["per_class"].items()]
+        lines.append("")
+        for key, label in (("best_f1", "Best F1"), ("at_threshold", "At")):
+            if key in d:
+                x = d[key]
+                lines.append(f"{label} score ≥ {x['threshold']:.3f} (classes pooled): precision {x['precision']:.3f}, "
+                             f"recall {x['recall']:.3f}, F1 {x['f1']:.3f}.")
         lines.append("")
     if "gates" in result:
         g = result["gates"]

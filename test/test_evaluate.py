@@ -153,6 +153,13 @@ def test_evaluate_with_labels_and_detections(dataset: Path):
     assert det["per_class"]["person"] == {"AP": 1.0, "num_gt": 1, "num_det": 2}  # duplicate after the hit
     assert det["per_class"]["car"]["AP"] == 0.0
     assert det["mAP50"] == pytest.approx(0.5)
+    # the duplicate is a false positive, the car a miss: best F1 keeps only the 0.9 box (P 1, R 0.5)
+    assert det["best_f1"] == {"threshold": 0.9, "tp": 1, "fp": 0, "fn": 1, "precision": 1.0, "recall": 0.5,
+                              "f1": pytest.approx(2 / 3)}
+    assert main(_args(dataset, "--mode", "standard", "--labels", str(labels), "--json", str(out),
+                      "--score-threshold", "0.4")) == 0
+    at = json.loads(out.read_text())["detection"]["at_threshold"]
+    assert (at["threshold"], at["tp"], at["fp"], at["fn"]) == (0.4, 1, 1, 1) and at["precision"] == 0.5
 
 
 def test_detection_protocol_smoke(tmp_path: Path, data_dir: Path):

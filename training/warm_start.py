@@ -13,7 +13,10 @@ What it does, in order (MODEL_CARD.md, "Recipe"):
    ``--noise`` times each tensor's standard deviation (the source's MoGE had collapsed onto E: the other experts
    had stopped training early and are discarded);
 4. every gate matrix (W_g, W_n of MoLE-fg, MoLE-bg, MoGE) is reset to zero, the paper's initialisation: routing
-   starts from equal logits and is learnt again under the new gate settings.
+   starts from equal logits and is learnt again under the new gate settings (``--keep-gates``: not);
+5. ``--fresh-fusion``: only the detectors are copied, the fusion head keeps its fresh initialisation (ablations);
+6. ``--detector-heads-from CKPT``: both detectors' RPN and box heads are taken from CKPT (a run of
+   ``train.freeze_detector_features``, whose backbones and attention are those of ``--from``).
 
 Nothing else changes; the result is an ordinary checkpoint folder for ``moe-fusion train --init``.
 """
@@ -46,15 +49,16 @@ def _class_rows(key: str, old: list[str], new: list[str]) -> list[tuple[int, int
     return [(n * per + r, o * per + r) for n, o in pairs for r in range(per)]
 
 
-def transfer(src: MoEFusion, dst: MoEFusion) -> list[str]:
-    """Copy ``src``'s weights into ``dst`` where names and shapes match (class rows of box predictors mapped by
-    class name); returns the names of ``dst`` tensors left at their initialisation (fully or partly)."""
+def transfer(src: MoEFusion, dst: MoEFusion, prefix: str = "") -> list[str]:
+    """Copy ``src``'s weights (those whose name starts with ``prefix``) into ``dst`` where names and shapes match
+    (class rows of box predictors mapped by class name); returns the names of ``dst`` tensors left at their
+    initialisation (fully or partly)."""
     s_state, d_state = src.state_dict(), dst.state_dict()
     old_cls, new_cls = list(src.cfg.class_names), list(dst.cfg.class_names)
     fresh = []
     with torch.no_grad():
         for k, v in d_state.items():
-            if k not in s_state:
+            if k not in s_state or not k.startswith(prefix):
                 fresh.append(k)
                 continue
             w = s_state[k]
@@ -68,6 +72,18 @@ def transfer(src: MoEFusion, dst: MoEFusion) -> list[str]:
                 v[n] = w[o]
             fresh.append(k)
     return fresh
+
+
+def transfer_heads(src: MoEFusion, dst: MoEFusion) -> list[str]:
+    """Copy both detectors' RPN and box heads (``detectors.head_vis.*``, ``detectors.head_ir.*``) from ``src``."""
+    s_state, d_state = src.state_dict(), dst.state_dict()
+    names = [k for k in d_state if k.startswith(("detectors.head_vis.", "detectors.head_ir."))]
+    with torch.no_grad():
+        for k in names:
+            if k not in s_state or s_state[k].shape != d_state[k].shape:
+                raise ValueError(f"{k}: missing or of another shape in the detector-head checkpoint")
+            d_state[k].copy_(s_state[k])
+    return names
 
 
 def clone_experts(experts: torch.nn.ModuleList, source: int, noise: float, generator: torch.Generator) -> None:
@@ -101,13 +117,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="initialise every global expert from this one of the source (plus noise)")
     ap.add_argument("--noise", type=float, default=0.01, help="relative noise added to cloned experts")
     ap.add_argument("--keep-gates", action="store_true", help="keep the source's gate matrices")
+    ap.add_argument("--fresh-fusion", action="store_true",
+                    help="take only the detectors from the source; the fusion head starts from scratch (ablations)")
+    ap.add_argument("--detector-heads-from", type=Path, default=None,
+                    help="take both detectors' RPN and box heads from this checkpoint (a detector-head stage)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
     torch.manual_seed(args.seed)
     src, _ = load_model(args.source)
     dst = build_model(cfg.model)
-    fresh = transfer(src, dst)
+    fresh = transfer(src, dst, "detectors." if args.fresh_fusion else "")
     if args.clone_moge_expert is not None:
         if not hasattr(dst.fusion, "moge"):
             raise ValueError("--clone-moge-expert: the target model has no MoGE")
@@ -117,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         dst.fusion.moge.experts[0].load_state_dict(src.fusion.moge.experts[args.clone_moge_expert].state_dict())
         clone_experts(dst.fusion.moge.experts, 0, args.noise, torch.Generator().manual_seed(args.seed))
     gates = [] if args.keep_gates else reset_gates(dst)
+    heads = transfer_heads(load_model(args.detector_heads_from)[0], dst) if args.detector_heads_from else []
     save_model(dst, cfg, args.out)
     experts = "as in the source" if args.clone_moge_expert is None else f"cloned from expert {args.clone_moge_expert}"
     print(f"wrote {args.out}: {len(fresh)} tensors (partly) fresh {fresh[:6]}{' …' if len(fresh) > 6 else ''}; "
-          f"{len(gates)} gate matrices reset; MoGE experts {experts}")
+          f"{len(gates)} gate matrices reset; MoGE experts {experts}; {len(heads)} detector-head tensors taken from "
+          f"{args.detector_heads_from}")
     return 0
 
 
