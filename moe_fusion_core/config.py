@@ -51,10 +51,11 @@ class DetectorConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
-    # Merging the two detectors' boxes (model/merge.py): class-wise suppression at this IoU, and of boxes whose
-    # smaller one lies at least this much inside the other (1.0 = off, plain NMS).
-    merge_iou_thresh: float = 0.5
-    merge_containment_thresh: float = 1.0
+    # Merging the two detectors' boxes into the published set (model/merge.py): class-wise suppression at this IoU,
+    # and of a box lying at least this much inside a better one (1.0 = off: plain NMS). Chosen on the labelled
+    # training frames (MODEL_CARD.md, "Detection").
+    merge_iou_thresh: float = 0.4
+    merge_containment_thresh: float = 0.8
     rgb_visible: bool = False  # spec §9.14: give the visible detector the RGB image instead of its luma
 
 
