@@ -26,6 +26,8 @@ class GateConfig:
     pool: str = "bilinear"  # "bilinear" (align_corners=True, = the code at 640×480) | "area"
     noisy: bool = True
     loss_coef: float = 0.01
+    # Gate input normalisation: "none" (paper) | "unit" (per sample: zero mean, unit L2 norm; docs/design.md)
+    input_norm: str = "none"
 
 
 @dataclass
@@ -49,6 +51,11 @@ class DetectorConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    # Merging the two detectors' boxes into the published set (model/merge.py): class-wise suppression at this IoU,
+    # and of a box lying at least this much inside a better one (1.0 = off: plain NMS). Chosen on the labelled
+    # training frames (MODEL_CARD.md, "Detection").
+    merge_iou_thresh: float = 0.4
+    merge_containment_thresh: float = 0.8
     rgb_visible: bool = False  # spec §9.14: give the visible detector the RGB image instead of its luma
 
 
@@ -123,12 +130,20 @@ class TrainConfig:
     keep_unlabelled: bool = False  # spec §9.6: train the fusion head on frames without boxes too
     labelled_repeat: int = 1  # frames with boxes appear this many times per pass (when they are scarce)
     freeze_detectors: bool = False  # train the fusion head only: detectors keep their weights and BN statistics
+    # Detectors: train only the RPN and box heads; backbones, FPNs, mixing and attention (what produces Att) keep
+    # their weights and BN statistics, so the fusion head's input is unchanged.
+    freeze_detector_features: bool = False
+    freeze_fusion: bool = False  # train the detectors only (the fusion head is not run)
     amp: bool = True  # autocast on CUDA (gates and combine stay fp32)
     checkpoint_every: int = 500
     log_every: int = 10
     num_workers: int = 2
     seed: int = 0
     val_fraction: float = 0.1  # held out by scene
+    # A split file (training/splits/*.txt: '<dataset folder>/<stem>' per line) naming the validation frames;
+    # replaces val_fraction. Whole sequences only (checked; moe_fusion_core.data.split.assign_sequences).
+    split_file: str | None = None
+    gate_lr_scale: float = 1.0  # learning rate of the gate matrices (W_g, W_n) relative to `lr` (docs/design.md)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """``moe-fusion evaluate``: score fused images with the paper's eight fusion metrics (+ mAP@0.5 with labels).
 
-``moe-fusion evaluate --fused DIR --ir DIR --vis DIR [--labels DIR] [--detections DIR] [--mode paper|standard|both]
+``moe-fusion evaluate --fused DIR --ir DIR --vis DIR [--labels DIR [--score-threshold T]] [--detections DIR]
+[--mode paper|standard|both]
 [--baselines] [--json OUT.json] [--report OUT_DIR] [--gate-log gates.jsonl] [--no-progress]``
 
 Images are paired by relative stem across the three folders (nested dataset folders are allowed; means are also
@@ -14,7 +15,8 @@ JSON (``--json``; NaN is written as ``null``)::
                 "per_folder": {"<folder>": {"mean", "nan_count", "count"}}   (nested folders only)},
      "baselines": {"<name>": {"<mode>": {"mean", "nan_count", "per_image"}}}   (--baselines),
      "skipped": [{"stem", "reason"}, …],
-     "detection": {"mAP50", "per_class", "images", "problems", …}   (--labels),
+     "detection": {"mAP50", "per_class", "images", "problems", "best_f1": {"threshold", "precision", "recall",
+                   "f1", …}, "at_threshold": {…} (--score-threshold), …}   (--labels),
      "gates": {…}   (--gate-log),
      "summary": {"pairs", "scored", "skipped", "modes"}}
 
@@ -50,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, default=None, help="YOLO label folder: also compute mAP@0.5")
     p.add_argument("--detections", type=Path, default=None,
                    help="detection JSON folder of 'moe-fusion fuse --detections' (default FUSED/detections)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="with --labels: also precision/recall of the detections scoring at least this")
     p.add_argument("--classes", type=Path, default=None,
                    help="classes.txt (default: in the label folder or beside it)")
     p.add_argument("--mode", choices=["paper", "standard", "both"], default="both",
@@ -58,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write all results as JSON")
     p.add_argument("--report", type=Path, default=None, help="write report.md and PNG plots into this folder")
     p.add_argument("--gate-log", type=Path, default=None,
-                   help="gates.jsonl of 'moe-fusion fuse': expert firing by day/night in the report")
+                   help="gates.jsonl of 'moe-fusion fuse': each expert's share of the gate mass by day/night")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -112,9 +116,17 @@ def _block(per_image: dict[str, dict[str, float]], folders: bool) -> dict[str, A
 
 
 def gate_statistics(path: Path) -> dict[str, Any]:
-    """Fraction of pairs in which each expert fired (weight > 0), per gate, by day/night tag."""
+    """Routing statistics of a ``gates.jsonl``, per gate and day/night tag.
+
+    ``fired_fraction``: fraction of pairs in which each expert fired (weight > 0). ``share``: mean gate vector,
+    i.e. each expert's share of the gate mass (sums to 1), per tag and over all pairs (``"all"``).
+    ``tv_day_night``: total-variation distance ½·Σ|share_day − share_night| per gate (0: day and night frames
+    routed alike, 1: disjoint experts); present when both tags occur.
+    """
     fired: dict[str, dict[str, np.ndarray]] = {}
+    mass: dict[str, dict[str, np.ndarray]] = {}
     counts: dict[str, int] = defaultdict(int)
+    gate_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -124,17 +136,37 @@ def gate_statistics(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path}:{n}: not a JSON line ({e})") from e
         tag = str(rec.get("daynight", "unknown"))
         counts[tag] += 1
-        per = fired.setdefault(tag, {})
-        for k in GATE_KEYS:
-            if k in rec:
-                w = np.asarray(rec[k], dtype=np.float64) > 0
-                per[k] = per.get(k, np.zeros_like(w, dtype=np.float64)) + w
-    return {"count": dict(counts),
-            "fired_fraction": {t: {k: (v / counts[t]).tolist() for k, v in per.items()} for t, per in fired.items()}}
+        for t in (tag, "all"):
+            for k in GATE_KEYS:
+                if k not in rec:
+                    continue
+                w = np.asarray(rec[k], dtype=np.float64)
+                mass.setdefault(t, {})
+                mass[t][k] = mass[t].get(k, np.zeros_like(w)) + w
+                gate_counts[t][k] += 1
+                if t == tag:
+                    per = fired.setdefault(tag, {})
+                    per[k] = per.get(k, np.zeros_like(w)) + (w > 0)
+    share = {t: {k: (v / gate_counts[t][k]).tolist() for k, v in per.items()} for t, per in mass.items()}
+    out: dict[str, Any] = {
+        "count": dict(counts),
+        "fired_fraction": {t: {k: (v / counts[t]).tolist() for k, v in per.items()} for t, per in fired.items()},
+        "share": share,
+    }
+    if "day" in share and "night" in share:
+        out["tv_day_night"] = {k: 0.5 * float(np.abs(np.subtract(share["day"][k], share["night"][k])).sum())
+                               for k in GATE_KEYS if k in share["day"] and k in share["night"]}
+    return out
 
 
 def _detection(args: argparse.Namespace) -> dict[str, Any]:
-    from .metrics.detection import load_labels_and_detections, mean_average_precision, read_class_names
+    from .metrics.detection import (
+        best_f1_threshold,
+        load_labels_and_detections,
+        mean_average_precision,
+        precision_recall_at,
+        read_class_names,
+    )
 
     det_dir = args.detections or args.fused / "detections"
     if not args.labels.is_dir():
@@ -147,8 +179,13 @@ def _detection(args: argparse.Namespace) -> dict[str, Any]:
     names = read_class_names(classes_file) if classes_file else None
     gt, dets, problems = load_labels_and_detections(args.labels, det_dir, names)
     res = mean_average_precision(gt, dets, num_classes=len(names) if names else None)
-    return {**res.to_json(names), "images": len(gt), "problems": problems, "iou_threshold": 0.5,
-            "interpolation": "VOC all-point", "detections_dir": str(det_dir)}
+    thr, best = best_f1_threshold(gt, dets)
+    out = {**res.to_json(names), "images": len(gt), "problems": problems, "iou_threshold": 0.5,
+           "interpolation": "VOC all-point", "detections_dir": str(det_dir),
+           "best_f1": {"threshold": thr, **best}}
+    if args.score_threshold is not None:
+        out["at_threshold"] = {"threshold": args.score_threshold, **precision_recall_at(gt, dets, args.score_threshold)}
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,11 +278,26 @@ def _print_summary(result: dict[str, Any], modes: list[str]) -> None:
         nan = {k: v for k, v in result[m]["nan_count"].items() if v}
         if nan:
             print(f"  NaN (left out of the means): {nan}")
+    if "gates" in result:
+        g = result["gates"]
+        print("\nrouting: share of the gate mass per expert")
+        for key in GATE_KEYS:
+            for t, per in sorted(g.get("share", {}).items()):
+                if key in per:
+                    print(f"  {key:<8} {t:<8}" + "".join(f"{v:>8.1%}" for v in per[key]))
+        if "tv_day_night" in g:
+            print("  day/night total-variation distance: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in g["tv_day_night"].items()))
     if "detection" in result:
         d = result["detection"]
         print(f"\nmAP@0.5 (VOC all-point) over {d['images']} images: {_fmt(d['mAP50'])}")
         for name, c in d["per_class"].items():
             print(f"  {name:<16} AP {_fmt(c['AP'])}  (gt {c['num_gt']}, det {c['num_det']})")
+        for key, label in (("best_f1", "best F1"), ("at_threshold", "at")):
+            if key in d:
+                x = d[key]
+                print(f"  {label} score ≥ {x['threshold']:.3f}: precision {x['precision']:.3f}, recall "
+                      f"{x['recall']:.3f}, F1 {x['f1']:.3f} (all classes pooled)")
 
 
 # ------------------------------------------------------------------------------------------------------- report
@@ -254,6 +306,10 @@ def _print_summary(result: dict[str, Any], modes: list[str]) -> None:
 def _winner(values: dict[str, float | None]) -> str:
     finite = {k: v for k, v in values.items() if v is not None}
     return max(finite, key=lambda k: finite[k]) if finite else "—"
+
+
+def _num_experts(g: dict[str, Any]) -> int:
+    return max((len(v) for per in g.get("share", {}).values() for v in per.values()), default=0)
 
 
 def write_report(result: dict[str, Any], modes: list[str], out: Path) -> list[Path]:
@@ -325,10 +381,28 @@ def write_report(result: dict[str, Any], modes: list[str], out: Path) -> list[Pa
                   f"{_fmt(d['mAP50'])}", "", "| class | AP | GT | detections |", "|---|---|---|---|"]
         lines += [f"| {n} | {_fmt(c['AP'])} | {c['num_gt']} | {c['num_det']} |" for n, c in d["per_class"].items()]
         lines.append("")
+        for key, label in (("best_f1", "Best F1"), ("at_threshold", "At")):
+            if key in d:
+                x = d[key]
+                lines.append(f"{label} score ≥ {x['threshold']:.3f} (classes pooled): precision {x['precision']:.3f}, "
+                             f"recall {x['recall']:.3f}, F1 {x['f1']:.3f}.")
+        lines.append("")
     if "gates" in result:
         g = result["gates"]
-        lines += ["## Expert firing (weight > 0) by day/night", "", f"Pairs per tag: {g['count']}", ""]
         tags = sorted(g["fired_fraction"])
+        lines += ["## Routing: each expert's share of the gate mass by day/night", "", f"Pairs per tag: {g['count']}",
+                  "", "| gate | pairs | " + " | ".join(f"expert {j}" for j in range(_num_experts(g))) + " |",
+                  "|---|---|" + "---:|" * _num_experts(g)]
+        for key in GATE_KEYS:
+            for t in [*tags, "all"]:
+                sh = g.get("share", {}).get(t, {}).get(key)
+                if sh is not None:
+                    n = g["count"].get(t, sum(g["count"].values()))
+                    lines.append(f"| {key} | {t} ({n}) | " + " | ".join(f"{v:.1%}" for v in sh) + " |")
+        if "tv_day_night" in g:
+            lines += ["", "Total-variation distance between the mean day and mean night gate vectors: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in g["tv_day_night"].items()) + "."]
+        lines += ["", "### Expert firing (weight > 0) by day/night", ""]
         fig, axes = plt.subplots(1, len(GATE_KEYS), figsize=(13, 3.6))
         for ax, key in zip(np.atleast_1d(axes), GATE_KEYS):
             width = 0.8 / max(len(tags), 1)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import MODEL_FILE, atomic_write_dir, load_model, save_model, state_dict_for_save
 from .config import Config, load_config
-from .losses import fusion_loss
+from .losses import FusionLosses, fusion_loss
 from .model import MoEFusion, build_model
 
 TRAIN_STATE = "train_state.safetensors"
@@ -87,6 +87,12 @@ def _lr_factor(step: int, total: int, cfg: Config) -> float:
     return factor
 
 
+def _logit_gap(gate: Any) -> float:
+    """Mean over the batch of (largest − smallest clean gate logit): a collapsing gate shows it growing fast."""
+    c = gate.clean_logits
+    return float((c.max(1).values - c.min(1).values).mean())
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     out = dict(batch)
     for k in ("ir", "vis", "vis_rgb"):
@@ -135,13 +141,32 @@ class Trainer:
             from .pretrained import load_detector_backbones
 
             load_detector_backbones(self.model, detector_weights)
-        self.frozen_detectors = cfg.train.freeze_detectors and self.model.detectors is not None
-        self.train_detectors = self.model.detectors is not None and not self.frozen_detectors
+        t = cfg.train
+        has_det = self.model.detectors is not None
+        self.frozen_detectors = t.freeze_detectors and has_det
+        self.frozen_features = t.freeze_detector_features and has_det and not self.frozen_detectors
+        self.frozen_fusion = t.freeze_fusion
+        if self.frozen_fusion and not has_det:
+            raise ValueError("train.freeze_fusion leaves nothing to train in a model without detectors")
+        if self.frozen_fusion and self.frozen_detectors:
+            raise ValueError("train.freeze_fusion and train.freeze_detectors together leave nothing to train")
+        self.train_detectors = has_det and not self.frozen_detectors
         if self.frozen_detectors:
             self.model.detectors.requires_grad_(False)
+        for m in self._feature_modules():
+            m.requires_grad_(False)
+        if self.frozen_fusion:
+            self.model.fusion.requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        t = cfg.train
-        self.optimizer = torch.optim.Adam(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        if t.gate_lr_scale <= 0:
+            raise ValueError(f"train.gate_lr_scale must be > 0, got {t.gate_lr_scale}")
+        gate_ids = {id(p) for n, p in self.model.named_parameters() if ".gate.w_" in n}
+        if t.gate_lr_scale == 1.0:
+            groups: list[dict[str, Any]] = [{"params": self.params, "lr_scale": 1.0}]
+        else:  # the gate matrices in their own group (docs/design.md: why the gates learn slower)
+            groups = [{"params": [p for p in self.params if id(p) not in gate_ids], "lr_scale": 1.0},
+                      {"params": [p for p in self.params if id(p) in gate_ids], "lr_scale": t.gate_lr_scale}]
+        self.optimizer = torch.optim.Adam(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.batches_per_epoch = len(self.train_set) // (t.batch_size * self.world)
         if t.steps is not None:
             self.total_steps = t.steps
@@ -155,6 +180,13 @@ class Trainer:
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+
+    def _feature_modules(self) -> list[torch.nn.Module]:
+        """Detector parts that produce the attention maps (kept fixed by ``train.freeze_detector_features``)."""
+        if not self.frozen_features:
+            return []
+        d = self.model.detectors
+        return [d.backbone_vis, d.backbone_ir, d.mixing, d.attention_vis, d.attention_ir]
 
     # ---------------------------------------------------------------- data order (deterministic, resumable)
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
@@ -173,16 +205,37 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
 
     # ---------------------------------------------------------------- one step
+    def _detection_losses(self, b: dict[str, Any], targets: list[dict[str, torch.Tensor]],
+                          labelled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Detector losses alone (``train.freeze_fusion``: the fusion head is not run at all)."""
+        ir, vis, rgb = b["ir"], b["vis"], b["vis_rgb"]
+        h, w = ir.shape[-2:]
+        d = self.cfg.model.size_divisor
+        ph, pw = (-h) % d, (-w) % d
+        if ph or pw:
+            ir, vis, rgb = (torch.nn.functional.pad(x, (0, pw, 0, ph)) for x in (ir, vis, rgb))
+        det_vis = rgb if self.cfg.model.detector.rgb_visible else vis
+        return self.model.detectors(det_vis, ir, [(h, w)] * ir.shape[0], targets, labelled).losses
+
     def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         b = _to_device(batch, self.device)
         labelled = torch.as_tensor([bool(x) for x in b["labelled"]])
         targets = [{"boxes": bx.float(), "labels": lab.long() + 1} for bx, lab in zip(b["boxes"], b["labels"])]
+        gates: dict[str, Any] = {}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            out = self.net(b["ir"], b["vis"], targets=targets if self.train_detectors else None,
-                           labelled=labelled, vis_rgb=b["vis_rgb"])
-        lf = fusion_loss(out.fused, b["vis"], b["ir"], b["boxes"], out.load_loss, self.cfg.loss,
-                         labelled=labelled.tolist())
-        loss_det = sum(out.det_losses.values()) if out.det_losses else torch.zeros((), device=self.device)
+            if self.frozen_fusion:
+                det_losses = self._detection_losses(b, targets, labelled)
+            else:
+                out = self.net(b["ir"], b["vis"], targets=targets if self.train_detectors else None,
+                               labelled=labelled, vis_rgb=b["vis_rgb"])
+                det_losses, gates = out.det_losses, out.gates
+        if self.frozen_fusion:
+            zero = torch.zeros((), device=self.device)
+            lf = FusionLosses(zero, zero, zero, zero)
+        else:
+            lf = fusion_loss(out.fused, b["vis"], b["ir"], b["boxes"], out.load_loss, self.cfg.loss,
+                             labelled=labelled.tolist())
+        loss_det = sum(det_losses.values()) if det_losses else torch.zeros((), device=self.device)
         loss = lf.total + self.cfg.loss.det_weight * loss_det
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -194,8 +247,9 @@ class Trainer:
             "loss": loss.item(), "loss_pixel": lf.pixel.item(), "loss_grad": lf.grad.item(),
             "loss_load": lf.load.item(), "loss_det": float(loss_det.detach()),
             "grad_norm": float(grad_norm),
-            **{f"load_{k}": g.load.detach().cpu().tolist() for k, g in out.gates.items()},
-            **{f"gates_{k}": g.importance.detach().cpu().tolist() for k, g in out.gates.items()},
+            **{f"load_{k}": g.load.detach().cpu().tolist() for k, g in gates.items()},
+            **{f"gates_{k}": g.importance.detach().cpu().tolist() for k, g in gates.items()},
+            **{f"logit_gap_{k}": _logit_gap(g) for k, g in gates.items() if g.clean_logits is not None},
         }
 
     # ---------------------------------------------------------------- checkpoints
@@ -297,6 +351,10 @@ class Trainer:
         self.model.train()
         if self.frozen_detectors:
             self.model.detectors.eval()  # batch-norm statistics stay those the detectors were trained with
+        for m in self._feature_modules():
+            m.eval()  # the attention maps the fusion head was trained with stay exactly as they were
+        if self.frozen_fusion:
+            self.model.fusion.eval()
         t_cfg = self.cfg.train
         log = open(metrics_path, "a") if self.rank == 0 else None  # noqa: SIM115
         t0 = time.time()
@@ -306,7 +364,7 @@ class Trainer:
                 for batch in self._loader(epoch, skip):
                     factor = _lr_factor(self.step, self.total_steps, self.cfg)
                     for group in self.optimizer.param_groups:
-                        group["lr"] = t_cfg.lr * factor
+                        group["lr"] = t_cfg.lr * factor * group.get("lr_scale", 1.0)
                     stats = self.train_step(batch)
                     self.step += 1
                     if not math.isfinite(stats["loss"]):

@@ -21,6 +21,7 @@ from moe_fusion_core.data import (
     read_dataset,
     split_by_scene,
 )
+from moe_fusion_core.data.split import assign_sequences, read_split_file, split_by_file
 from moe_fusion_core.data.transforms import exposure, hflip, random_crop, resize_pair
 from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
 
@@ -197,6 +198,56 @@ def test_split_never_puts_one_scene_on_both_sides(data_dir):
     assert sorted(r.key for r in again) == sorted(r.key for r in train)
     single, _ = read_dataset(data_dir / "llvip_det", ["person"])  # one scene: stays in training
     assert split_by_scene(single, 0.2, seed=1)[1] == []
+
+
+SHARED_FOLDERS = ("roadscene", "msrs", "llvip_det", "tno", "m3fd", "msrs_more", "m3svd", "tno_more", "llvip_more")
+SPLIT_FILE = Path(__file__).resolve().parents[1] / "training" / "splits" / "shared_val.txt"
+
+
+def _all_shared(data_dir: Path) -> list:
+    recs = []
+    for name in SHARED_FOLDERS:
+        recs += read_dataset(data_dir / name, ["person", "bike", "car"])[0]
+    return recs
+
+
+def test_sequences_follow_the_recordings_across_shared_folders(data_dir):
+    seq = assign_sequences(_all_shared(data_dir))
+    assert seq["msrs/00004N"] == seq["msrs_more/00005N"] == seq["msrs_more/00039N"]  # one night drive, two folders
+    assert seq["msrs_more/00001D"] != seq["msrs_more/00003N"]  # MSRS day and night frames: other recordings
+    assert seq["msrs_more/01566D"] == seq["msrs_more/01603D"] != seq["msrs/00556D"]
+    assert seq["llvip_det/010002"] == seq["llvip_more/010001"]  # one fixed camera
+    assert seq["m3svd/0117_1620_v0000"] == seq["m3svd/0117_1620_v0587"] != seq["m3svd/0117_1605_v0000"]
+    assert seq["tno/01"] == seq["tno_more/fel_tree_4900"]
+
+
+def test_shared_split_file_holds_out_whole_sequences_by_day_and_night(data_dir):
+    recs = _all_shared(data_dir)
+    train, val, missing = split_by_file(recs, read_split_file(SPLIT_FILE))
+    assert missing == [] and len(train) + len(val) == len(recs) == 367
+    assert len(val) >= 40
+    lights = [r.light for r in val]
+    assert lights.count("day") >= 10 and lights.count("night") >= 10
+    seq = assign_sequences(recs)
+    assert {seq[r.key] for r in train}.isdisjoint({seq[r.key] for r in val})
+    assert {r.key for r in recs if r.dataset == "msrs"} <= {r.key for r in val}  # the old validation set stays
+    assert sum(r.has_boxes for r in val) >= 5 and sum(r.has_boxes for r in train) >= 10  # detection on both sides
+
+
+def test_split_file_that_cuts_a_sequence_is_rejected(data_dir, tmp_path):
+    recs = _all_shared(data_dir)
+    keys = [k for k in read_split_file(SPLIT_FILE) if k != "msrs_more/00005N"]
+    with pytest.raises(ValueError, match=r"msrs:night:3.*msrs_more/00005N"):
+        split_by_file(recs, keys)
+    bad = tmp_path / "split.txt"
+    bad.write_text("msrs/00004N\nmsrs 00008N\n")
+    with pytest.raises(ValueError, match=r"split\.txt:2"):
+        read_split_file(bad)
+    cfg = load_config("embedded")
+    cfg.model.class_names = ["person", "car"]
+    cfg.train.split_file = str(SPLIT_FILE)
+    _, val, _, info = build_datasets([data_dir / "msrs", data_dir / "msrs_more"], cfg)
+    assert len(val) == 16 + 29 and info["split_file_keys_not_in_data"] == 64 - 45  # M3SVD not passed
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_index(data_dir):

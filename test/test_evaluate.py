@@ -81,9 +81,15 @@ def test_evaluate_json_baselines_and_report(dataset: Path, capsys):
     assert res["summary"] == {"pairs": 3, "scored": 3, "skipped": 0, "modes": ["paper", "standard"]}
     assert res["gates"]["count"] == {"day": 1, "night": 2}
     assert res["gates"]["fired_fraction"]["night"]["mole_fg"] == [0.0, 1.0, 0.5, 0.5]
+    # share of the gate mass: the mean gate vector per tag and over all pairs; day vs night total variation
+    assert res["gates"]["share"]["night"]["mole_fg"] == pytest.approx([0.0, 0.5, 0.25, 0.25])
+    assert res["gates"]["share"]["all"]["mole_bg"] == pytest.approx([5 / 6, 1 / 6, 0.0, 0.0])
+    assert res["gates"]["tv_day_night"]["mole_fg"] == pytest.approx(0.75)
+    assert res["gates"]["tv_day_night"]["moge"] == 0.0  # every pair routed to expert 1
     md = (rep / "report.md").read_text()
     assert "## paper mode" in md and "## standard mode" in md and "| best |" in md
     assert "| SCD |" in md and "expert" in md
+    assert "| mole_fg | night (2) | 0.0% | 50.0% | 25.0% | 25.0% |" in md and "mole_fg 0.750" in md
     for name in ("metrics_paper.png", "metrics_standard.png", "per_image_paper.png", "per_image_standard.png",
                  "gates.png"):
         assert (rep / name).read_bytes()[:8] == PNG_MAGIC, name
@@ -147,6 +153,13 @@ def test_evaluate_with_labels_and_detections(dataset: Path):
     assert det["per_class"]["person"] == {"AP": 1.0, "num_gt": 1, "num_det": 2}  # duplicate after the hit
     assert det["per_class"]["car"]["AP"] == 0.0
     assert det["mAP50"] == pytest.approx(0.5)
+    # the duplicate is a false positive, the car a miss: best F1 keeps only the 0.9 box (P 1, R 0.5)
+    assert det["best_f1"] == {"threshold": 0.9, "tp": 1, "fp": 0, "fn": 1, "precision": 1.0, "recall": 0.5,
+                              "f1": pytest.approx(2 / 3)}
+    assert main(_args(dataset, "--mode", "standard", "--labels", str(labels), "--json", str(out),
+                      "--score-threshold", "0.4")) == 0
+    at = json.loads(out.read_text())["detection"]["at_threshold"]
+    assert (at["threshold"], at["tp"], at["fp"], at["fn"]) == (0.4, 1, 1, 1) and at["precision"] == 0.5
 
 
 def test_detection_protocol_smoke(tmp_path: Path, data_dir: Path):

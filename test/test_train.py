@@ -94,6 +94,29 @@ def test_frozen_detectors_keep_weights_and_statistics_while_the_fusion_head_trai
     assert all(r["loss_det"] == 0 for r in read_metrics(tmp_path / "run"))
 
 
+def test_detector_head_stage_trains_only_the_detection_heads(tmp_path, data_dir):
+    """freeze_fusion + freeze_detector_features: the attention maps (and so the fused image) stay bit-identical."""
+    from moe_fusion_core.config import load_config
+    from moe_fusion_core.train import Trainer
+
+    cfg = load_config(write_config(tmp_path, steps=2, crop=[128, 128], keep_unlabelled=False, freeze_fusion=True,
+                                   freeze_detector_features=True))
+    trainer = Trainer(cfg, [data_dir / "llvip_det"], tmp_path / "run", device="cpu", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    final = trainer.train()
+    after = load_file(str(final / "model.safetensors"))
+    heads = [k for k in before if ".head_vis." in k or ".head_ir." in k]
+    fixed = [k for k in before if k not in heads]
+    assert any(k.startswith("detectors.backbone_vis") and "running_mean" in k for k in fixed)
+    assert all(torch.equal(before[k], after[k]) for k in fixed)  # fusion head, backbones, FPN, attention, BN stats
+    assert any(not torch.equal(before[k], after[k]) for k in heads)
+    rows = read_metrics(tmp_path / "run")
+    assert all(r["loss_det"] > 0 and r["loss_pixel"] == 0 for r in rows)
+    cfg.train.freeze_detectors = True
+    with pytest.raises(ValueError, match="nothing to train"):
+        Trainer(cfg, [data_dir / "llvip_det"], tmp_path / "run2", device="cpu", progress=False)
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir):
     cfg = write_config(tmp_path, steps=12)
     data = [data_dir / "msrs"]
@@ -162,12 +185,12 @@ def test_every_training_recipe_loads(recipe):
 
 
 def test_default_model_was_trained_with_its_documented_recipe():
-    """The shipped config.yaml carries the loss and schedule of training/shared_embedded_stage3.yaml."""
+    """The shipped config.yaml carries the model, loss and schedule of training/shared_embedded_v2.yaml."""
     from moe_fusion_core.checkpoint import read_config
     from moe_fusion_core.config import load_config
 
     shipped = read_config(REPO / "moe_fusion_core" / "default_model")
-    recipe = load_config(REPO / "training" / "shared_embedded_stage3.yaml")
+    recipe = load_config(REPO / "training" / "shared_embedded_v2.yaml")
     assert shipped.loss == recipe.loss
     assert shipped.train == recipe.train
     assert shipped.model == recipe.model

@@ -14,7 +14,7 @@ from ..image_io import read_ir, read_vis, rgb_to_luma
 from ..preprocess import ThermalNormalizer, default_thermal_normalization
 from .readers import SCENE_BLOCK, read_dataset
 from .records import PairRecord
-from .split import split_by_scene
+from .split import read_split_file, split_by_file, split_by_scene
 from .transforms import clip_boxes, exposure, hflip, random_crop, resize_pair
 
 
@@ -126,9 +126,19 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def resolve_split_file(path: str | Path) -> Path:
+    """A split file path as given, or else relative to the repository (``training/splits/...`` from anywhere)."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    repo = Path(__file__).resolve().parents[2] / p
+    return repo if repo.is_file() else p
+
+
 def build_datasets(data_dirs: list[str | Path], cfg: Config
                    ) -> tuple[PairDataset, PairDataset, list[str], dict[str, Any]]:
-    """Read every dataset root, split by scene, filter the training frames; returns what the trainer needs.
+    """Read every dataset root, split by scene (or by ``train.split_file``), filter the training frames; returns
+    what the trainer needs.
 
     Training keeps only frames with at least one box (the paper's recipe) unless ``train.keep_unlabelled``.
     Returns (train set, validation set, class names, a JSON-able description of the split).
@@ -147,7 +157,12 @@ def build_datasets(data_dirs: list[str | Path], cfg: Config
         info["datasets"][name] = {"root": str(arg), "layout": layout, "pairs": len(recs),
                                   "labelled": sum(r.labelled for r in recs),
                                   "boxes": int(sum(len(r.boxes) for r in recs))}
-    train, val = split_by_scene(records, cfg.train.val_fraction, cfg.train.seed)
+    if cfg.train.split_file:
+        train, val, missing = split_by_file(records, read_split_file(resolve_split_file(cfg.train.split_file)))
+        info["split_file"] = str(cfg.train.split_file)
+        info["split_file_keys_not_in_data"] = len(missing)
+    else:
+        train, val = split_by_scene(records, cfg.train.val_fraction, cfg.train.seed)
     if not cfg.train.keep_unlabelled:
         dropped = [r.key for r in train if not r.has_boxes]
         train = [r for r in train if r.has_boxes]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -49,3 +51,97 @@ def _stable_hash(s: str) -> int:
     for ch in s.encode():
         h = ((h ^ ch) * 16777619) & 0xFFFFFFFF
     return h
+
+
+# ------------------------------------------------------------------------------------ sequence split (split file)
+
+# Folders of ../shared/data that hold frames of one original dataset: their sequences are one namespace.
+DATASET_FAMILY = {"msrs_more": "msrs", "llvip_det": "llvip", "llvip_more": "llvip", "tno_more": "tno"}
+SEQUENCE_GAP = 50  # frame ids further apart than this (same D/N tag) start a new MSRS / RoadScene sequence
+
+
+def _family(dataset: str) -> str:
+    return DATASET_FAMILY.get(dataset, dataset)
+
+
+def assign_sequences(records: list[PairRecord]) -> dict[str, str]:
+    """Sequence key of every record (``{record.key: sequence}``): frames that may come from one recording.
+
+    Rules (``docs/design.md``, "Train/validation split"), per original dataset (``DATASET_FAMILY`` merges the
+    shared folders that hold frames of one dataset, e.g. ``msrs`` and ``msrs_more``):
+
+    - LLVIP: the scene digits (first two of ``SSFFFF``); M3SVD: the recording id (``MMDD_hhmm``).
+    - MSRS and RoadScene (frame numbers from drives, no published sequence ids): per stem prefix (and, for MSRS,
+      its ``D``/``N`` suffix: day and night frames are different recordings), frames sorted by number; a gap of
+      more than ``SEQUENCE_GAP`` ids starts a new sequence.
+    - TNO: one sequence for the whole dataset (its numbering says nothing about scenes, and the extra frames
+      are neighbours of frames in ``tno/``); anything else: the record's ``scene``.
+    """
+    out: dict[str, str] = {}
+    runs: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for r in records:
+        fam = _family(r.dataset)
+        if fam == "llvip":
+            out[r.key] = f"llvip:{r.stem[:2]}"
+        elif fam == "m3svd":
+            out[r.key] = "m3svd:" + "_".join(r.stem.split("_")[:2])
+        elif fam == "tno":
+            out[r.key] = "tno"
+        elif fam in ("msrs", "roadscene"):
+            m = re.match(r"^(.*?)(\d+)(\D*)$", r.stem)
+            if m is None:
+                out[r.key] = f"{fam}:{r.stem}"
+                continue
+            tag = {"D": "day", "N": "night"}.get(m.group(3), "")  # MSRS's own D/N suffix: separate recordings
+            runs[f"{fam}:{m.group(1)}{tag}"].append((int(m.group(2)), r.key))
+        else:
+            out[r.key] = f"{fam}:{r.scene}"
+    for prefix, frames in runs.items():
+        frames.sort()
+        start = prev = frames[0][0]
+        for num, key in frames:
+            if num - prev > SEQUENCE_GAP:
+                start = num
+            out[key] = f"{prefix}:{start}"
+            prev = num
+    return out
+
+
+def read_split_file(path: str | Path) -> list[str]:
+    """Validation keys (``<dataset folder>/<stem>``) of a split file: one per line, ``#`` starts a comment."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"split file {p} not found")
+    keys = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.count("/") != 1:
+            raise ValueError(f"{p}:{n}: expected '<dataset folder>/<stem>', got {line!r}")
+        keys.append(line)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{p}: a key is listed twice")
+    return keys
+
+
+def split_by_file(records: list[PairRecord], val_keys: list[str]
+                  ) -> tuple[list[PairRecord], list[PairRecord], list[str]]:
+    """Records listed in ``val_keys`` are validation, the rest training; returns (train, val, missing keys).
+
+    Raises ``ValueError`` when a training frame shares a sequence (:func:`assign_sequences`) with a validation
+    frame: a split file must hold out whole sequences.
+    """
+    held = set(val_keys)
+    train = [r for r in records if r.key not in held]
+    val = [r for r in records if r.key in held]
+    present = {r.key for r in records}
+    missing = [k for k in val_keys if k not in present]
+    seq = assign_sequences(records)
+    val_seqs = {seq[r.key] for r in val}
+    leaks = sorted({seq[r.key] for r in train} & val_seqs)
+    if leaks:
+        examples = [r.key for r in train if seq[r.key] in leaks][:5]
+        raise ValueError(f"split file holds out only part of sequence(s) {', '.join(leaks)}: training frames "
+                         f"{', '.join(examples)} belong to them too")
+    return train, val, missing

@@ -82,9 +82,9 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(((r[steps + 1] - r[steps]) * p[steps + 1]).sum())
 
 
-def average_precision(ground_truth: Mapping[str, Sequence[Box]], detections: Mapping[str, Sequence[Box]],
-                      class_id: int, iou_threshold: float = 0.5) -> tuple[float, int, int]:
-    """AP of one class over images (keys = image ids): ``(AP, number of GT boxes, number of detections)``."""
+def _match(ground_truth: Mapping[str, Sequence[Box]], detections: Mapping[str, Sequence[Box]], class_id: int,
+           iou_threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """VOC greedy matching of one class: (scores sorted high to low, 1 = true positive, number of GT boxes)."""
     gts = {k: np.array([g.box for g in v if g.class_id == class_id], dtype=np.float64).reshape(-1, 4)
            for k, v in ground_truth.items()}
     n_gt = sum(len(v) for v in gts.values())
@@ -102,13 +102,68 @@ def average_precision(ground_truth: Mapping[str, Sequence[Box]], detections: Map
         if ious[j] >= iou_threshold and not used[key][j]:
             used[key][j] = True
             tp[rank] = 1.0
+    return np.array([dets[i][0] for i in order], dtype=np.float64), tp, n_gt
+
+
+def average_precision(ground_truth: Mapping[str, Sequence[Box]], detections: Mapping[str, Sequence[Box]],
+                      class_id: int, iou_threshold: float = 0.5) -> tuple[float, int, int]:
+    """AP of one class over images (keys = image ids): ``(AP, number of GT boxes, number of detections)``."""
+    _, tp, n_gt = _match(ground_truth, detections, class_id, iou_threshold)
     if n_gt == 0:
-        return float("nan"), 0, len(dets)
-    if not dets:
+        return float("nan"), 0, len(tp)
+    if not len(tp):
         return 0.0, n_gt, 0
     ctp = np.cumsum(tp)
     cfp = np.cumsum(1.0 - tp)
-    return voc_ap(ctp / n_gt, ctp / (ctp + cfp)), n_gt, len(dets)
+    return voc_ap(ctp / n_gt, ctp / (ctp + cfp)), n_gt, len(tp)
+
+
+def _pooled(ground_truth: Mapping[str, Sequence[Box]], detections: Mapping[str, Sequence[Box]],
+            iou_threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Matches of every class together (each matched within its class), sorted by score."""
+    dets = {k: detections.get(k, []) for k in ground_truth}
+    classes = {b.class_id for v in ground_truth.values() for b in v} | {b.class_id for v in dets.values() for b in v}
+    scores, tps, n_gt = [], [], 0
+    for c in sorted(classes):
+        s, tp, n = _match(ground_truth, dets, c, iou_threshold)
+        scores.append(s)
+        tps.append(tp)
+        n_gt += n
+    s, tp = np.concatenate(scores or [np.zeros(0)]), np.concatenate(tps or [np.zeros(0)])
+    order = np.argsort(-s, kind="stable")
+    return s[order], tp[order], n_gt
+
+
+def _stats(tp: int, n_det: int, n_gt: int) -> dict[str, float]:
+    p = tp / n_det if n_det else 0.0
+    r = tp / n_gt if n_gt else 0.0
+    return {"tp": int(tp), "fp": int(n_det - tp), "fn": int(n_gt - tp), "precision": p, "recall": r,
+            "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def precision_recall_at(ground_truth: Mapping[str, Sequence[Box]], detections: Mapping[str, Sequence[Box]],
+                        threshold: float, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Precision, recall and F1 of the detections scoring ≥ ``threshold``, all classes pooled (a detection is a
+    true positive when it matches an unmatched ground-truth box of its class at IoU ≥ ``iou_threshold``)."""
+    s, tp, n_gt = _pooled(ground_truth, detections, iou_threshold)
+    keep = s >= threshold
+    return _stats(int(tp[keep].sum()), int(keep.sum()), n_gt)
+
+
+def best_f1_threshold(ground_truth: Mapping[str, Sequence[Box]], detections: Mapping[str, Sequence[Box]],
+                      iou_threshold: float = 0.5) -> tuple[float, dict[str, float]]:
+    """The score threshold with the highest pooled F1 (ties: the higher threshold) and the statistics there.
+
+    Candidates are the detections' own scores (a threshold equal to a score keeps that detection)."""
+    s, tp, n_gt = _pooled(ground_truth, detections, iou_threshold)
+    if not len(s):
+        return 1.0, _stats(0, 0, n_gt)
+    ctp = np.cumsum(tp)
+    n = np.arange(1, len(s) + 1)
+    last = np.r_[s[1:] != s[:-1], True]  # a threshold keeps every detection of equal score
+    f1 = np.where(last, 2 * ctp / (n + n_gt), -1.0)
+    best = int(np.flatnonzero(f1 == f1.max())[0])
+    return float(s[best]), _stats(int(ctp[best]), int(n[best]), n_gt)
 
 
 def mean_average_precision(ground_truth: Mapping[str, Sequence[Box]], detections: Mapping[str, Sequence[Box]],

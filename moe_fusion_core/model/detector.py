@@ -20,12 +20,13 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import MultiScaleRoIAlign, batched_nms
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import DetectorConfig
 from .attention import CrossModalMixing, SpatialAttention
+from .merge import merge_detections
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,9 +173,6 @@ class AuxDetectors(nn.Module):
         return out
 
     def merge(self, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Union of both detectors' detections with class-wise NMS (the published detection set)."""
-        boxes = torch.cat([a["boxes"], b["boxes"]])
-        scores = torch.cat([a["scores"], b["scores"]])
-        labels = torch.cat([a["labels"], b["labels"]])
-        keep = batched_nms(boxes, scores, labels, self.cfg.box_nms_thresh)[: self.cfg.box_detections_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+        """Both detectors' detections merged to one box per object (the published detection set)."""
+        return merge_detections([a, b], self.cfg.merge_iou_thresh, self.cfg.merge_containment_thresh,
+                                self.cfg.box_detections_per_img)

@@ -27,6 +27,8 @@ class GateOutput:
     importance: torch.Tensor  # N: Σ_b gates
     load: torch.Tensor  # N: expected (train, noisy) or actual number of samples per expert
     loss: torch.Tensor  # coef · (cv²(importance) + cv²(load))
+    clean_logits: torch.Tensor | None = None  # B×N logits before noise (diagnostics: logit scale, saturation)
+    noise_std: torch.Tensor | None = None  # B×N learned noise std (training with noise only)
 
 
 def gate_input(x: torch.Tensor, grid: tuple[int, int], pool: str) -> torch.Tensor:
@@ -42,21 +44,40 @@ def gate_input(x: torch.Tensor, grid: tuple[int, int], pool: str) -> torch.Tenso
     return x.flatten(1)
 
 
+INPUT_NORMS = ("none", "unit")
+
+
+def normalize_gate_input(s: torch.Tensor, mode: str) -> torch.Tensor:
+    """``none``: the flattened feature as is (paper). ``unit``: per sample, minus its mean over the D inputs,
+    divided by its L2 norm, so every sample's gate input has norm 1 whatever the feature scale."""
+    if mode == "none":
+        return s
+    if mode == "unit":
+        s = s - s.mean(1, keepdim=True)
+        return s / s.norm(dim=1, keepdim=True).clamp_min(1e-6)
+    raise ValueError(f"unknown gate input_norm {mode!r} ({' | '.join(INPUT_NORMS)})")
+
+
 class NoisyTopKGate(nn.Module):
     """Per-sample top-K gate over N experts with learned noise (training only).
 
     ``W_g`` and ``W_n`` start at zero, so all clean logits are equal until training moves them.
+    ``input_norm="unit"`` feeds the gate a zero-mean, unit-norm copy of its input (not in the paper; see
+    docs/design.md: it bounds the logits, which otherwise run away under Adam and saturate the top-K softmax).
     """
 
     def __init__(self, in_features: int, num_experts: int, top_k: int, noisy: bool = True,
-                 loss_coef: float = 0.01) -> None:
+                 loss_coef: float = 0.01, input_norm: str = "none") -> None:
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, {num_experts}], got {top_k}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown gate input_norm {input_norm!r} ({' | '.join(INPUT_NORMS)})")
         self.num_experts = num_experts
         self.top_k = top_k
         self.noisy = noisy
         self.loss_coef = loss_coef
+        self.input_norm = input_norm
         self.w_gate = nn.Parameter(torch.zeros(in_features, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(in_features, num_experts))
 
@@ -65,6 +86,7 @@ class NoisyTopKGate(nn.Module):
             return self._forward(s.float())
 
     def _forward(self, s: torch.Tensor) -> GateOutput:
+        s = normalize_gate_input(s, self.input_norm)
         clean = s @ self.w_gate
         use_noise = self.noisy and self.training
         if use_noise:
@@ -83,7 +105,8 @@ class NoisyTopKGate(nn.Module):
         else:
             load = (gates > 0).sum(0).float()
         loss = self.loss_coef * (cv_squared(importance) + cv_squared(load))
-        return GateOutput(gates, top_k_idx, top_k_gates, importance, load, loss)
+        return GateOutput(gates, top_k_idx, top_k_gates, importance, load, loss, clean.detach(),
+                          noise_std.detach() if use_noise else None)
 
     def _prob_in_top_k(self, clean: torch.Tensor, noisy: torch.Tensor, std: torch.Tensor,
                        top_vals: torch.Tensor) -> torch.Tensor:

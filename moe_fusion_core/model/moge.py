@@ -21,7 +21,8 @@ class MoGE(nn.Module):
         self.cfg = cfg
         self.combine = combine
         gh, gw = cfg.grid
-        self.gate = NoisyTopKGate(in_channels * gh * gw, cfg.num_experts, cfg.top_k, cfg.noisy, cfg.loss_coef)
+        self.gate = NoisyTopKGate(in_channels * gh * gw, cfg.num_experts, cfg.top_k, cfg.noisy, cfg.loss_coef,
+                                  cfg.input_norm)
         self.experts = nn.ModuleList(GlobalExpert(in_channels, widths) for _ in range(cfg.num_experts))
 
     def forward(self, x_f: torch.Tensor) -> MixtureOutput:

@@ -36,7 +36,8 @@ class MoLE(nn.Module):
         self.combine = combine
         self.num_visible = cfg.num_experts // 2
         gh, gw = cfg.grid
-        self.gate = NoisyTopKGate(2 * channels * gh * gw, cfg.num_experts, cfg.top_k, cfg.noisy, cfg.loss_coef)
+        self.gate = NoisyTopKGate(2 * channels * gh * gw, cfg.num_experts, cfg.top_k, cfg.noisy, cfg.loss_coef,
+                                  cfg.input_norm)
         self.experts = nn.ModuleList(LocalExpert(channels, hidden) for _ in range(cfg.num_experts))
 
     def expert_modality(self, i: int) -> str:
