@@ -56,6 +56,9 @@ class DetectorConfig:
     # training frames (MODEL_CARD.md, "Detection").
     merge_iou_thresh: float = 0.4
     merge_containment_thresh: float = 0.8
+    # The published set's minimum score unless the caller sets one: chosen per model on a labelled validation split
+    # (best F1; MODEL_CARD.md, "Detection"). Used by FusionEngine, moe-fusion fuse/replay and the node by default.
+    score_threshold: float = 0.3
     rgb_visible: bool = False  # spec §9.14: give the visible detector the RGB image instead of its luma
 
 

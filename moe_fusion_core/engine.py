@@ -97,7 +97,7 @@ class FusionEngine:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device | None = None,
                  precision: str = "fp32", detections: bool = True, compile: bool = False, warmup: int = 0,
-                 channels_last: bool = True, score_threshold: float = 0.3, mismatch: str = "resize",
+                 channels_last: bool = True, score_threshold: float | None = None, mismatch: str = "resize",
                  max_side: int | None = None, thermal_normalizer: object | None = None, backend: str = "torch",
                  deploy: bool = True, moe: str = "auto", cuda_graphs: bool = True) -> None:
         if precision not in PRECISIONS:
@@ -122,7 +122,6 @@ class FusionEngine:
         self.backend = backend
         self.precision = precision
         self.autocast_dtype = PRECISIONS[precision]
-        self.score_threshold = score_threshold
         self.mismatch = mismatch
         self.max_side = max_side
         if thermal_normalizer is None:
@@ -156,6 +155,9 @@ class FusionEngine:
             self._forward = torch.compile(target, dynamic=True) if compile else target
         self.path = "onnxruntime" if backend == "onnxruntime" else ("deploy" if deploy else "eager")
         self.detections = detections and self.has_detectors
+        det_cfg = self.config.model.detector
+        self.default_score_threshold = det_cfg.score_threshold if det_cfg is not None else 0.3
+        self.score_threshold = self.default_score_threshold if score_threshold is None else score_threshold
         if warmup:
             self.warmup(warmup)
 
@@ -359,8 +361,13 @@ class FusionEngine:
         fused = torch.from_numpy(np.concatenate([r["fused"] for r in runs]))
         gates = {k: np.concatenate([r[f"gates_{k}"] for r in runs]) for k in GATE_NAMES if f"gates_{k}" in runs[0]}
         dets = None
-        if want_det:
-            dets = [{k: torch.from_numpy(r[k]) for k in ("boxes", "scores", "labels")} for r in runs]
+        if want_det:  # the graph returns both detectors' boxes; one box per object, as the torch path merges them
+            from .model.merge import merge_detections
+
+            c = self.config.model.detector
+            dets = [merge_detections([{k: torch.from_numpy(r[k]) for k in ("boxes", "scores", "labels")}],
+                                     c.merge_iou_thresh, c.merge_containment_thresh, c.box_detections_per_img)
+                    for r in runs]
         return fused, gates, dets
 
     def fuse(self, ir: np.ndarray, vis: np.ndarray, *, color: bool = False, detections: bool | None = None,

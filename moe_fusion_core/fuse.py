@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--color", action="store_true", help="also write colour fused images")
     p.add_argument("--detections", action="store_true", help="also write detections (JSON + overlay)")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="minimum detection score")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="minimum detection score (default: the model's own, 0.7 for the embedded model)")
     p.add_argument("--mismatch", choices=["resize", "error"], default="resize",
                    help="infrared of another size than the visible image: resize it, or skip the pair")
     p.add_argument("--html-report", type=Path, default=None, metavar="DIR",

@@ -6,8 +6,12 @@ Graph contract (opset 17):
   only for configs whose visible detector reads RGB (``detector.rgb_visible``);
 - outputs ``fused`` (N×1×H×W, raw: clamp to [0, 1] to save), ``gates_mole_fg``, ``gates_mole_bg``,
   ``gates_moge`` (N×experts, fp32; those the config has) and, unless fused-only, ``boxes`` (D×4, x1 y1 x2 y2 in
-  input pixels), ``scores`` (D) and ``labels`` (D, 1-based class index) of the merged detections of both detectors
-  (D varies per image; N must be 1 with detections).
+  input pixels), ``scores`` (D) and ``labels`` (D, 1-based class index): both detectors' detections (each
+  detector's own class-wise NMS applied), D varying per image; N must be 1 with detections. The published set,
+  one box per object, is these merged by :func:`~moe_fusion_core.model.merge.merge_detections` with the
+  config's ``detector.merge_iou_thresh`` / ``merge_containment_thresh`` (a greedy loop over boxes, kept out of
+  the graph: ONNX has no op for it). :class:`~moe_fusion_core.engine.FusionEngine` applies it; a TensorRT
+  runtime applies it on the host.
 - the model's config is stored in the ONNX metadata (``moe_fusion_config``, JSON), so a runtime needs no
   checkpoint beside the file.
 
@@ -33,6 +37,7 @@ from .model.deploy import DeployFusion
 
 OPSET = 17
 CONFIG_KEY = "moe_fusion_config"
+GRAPH_VERSION = 2  # 2: detections before the cross-detector merge (the cache key changes with it)
 GATE_OUTPUTS = ("mole_fg", "mole_bg", "moge")
 
 
@@ -50,7 +55,7 @@ class ExportGraph(nn.Module):
         out = self.deploy(ir, vis, vis_rgb, features=self.detections)
         res = (out.fused, *(out.gates[k] for k in self.gate_names))
         if self.detections:
-            det = self.deploy.detect(out.features, (ir.shape[-2], ir.shape[-1]))[0]
+            det = self.deploy.detect(out.features, (ir.shape[-2], ir.shape[-1]), merge=False)[0]
             res += (det["boxes"], det["scores"], det["labels"])
         return res
 
@@ -127,7 +132,8 @@ def cached_export(checkpoint: Path, *, fused_only: bool, cache_dir: Path | None 
     weights = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     root = cache_dir or Path(os.environ.get("MOE_FUSION_CACHE", Path.home() / ".cache" / "moe_fusion")) / "onnx"
-    path = root / f"{digest}-{'fused' if fused_only else 'det'}-opset{OPSET}-torch{torch.__version__}.onnx"
+    path = root / (f"{digest}-{'fused' if fused_only else 'det'}-g{GRAPH_VERSION}-opset{OPSET}"
+                   f"-torch{torch.__version__}.onnx")
     if not path.is_file():
         model, cfg = load_model(checkpoint)
         export_onnx(model, cfg, path, fused_only=fused_only, dynamic=True)

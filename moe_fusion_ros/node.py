@@ -169,7 +169,8 @@ class FusionNode(LifecycleNode):
         """Live parameter changes take effect from the next message / pair."""
         self.params = p
         if self.engine is not None:
-            self.engine.score_threshold = p.model_score_threshold
+            t = p.score_threshold()
+            self.engine.score_threshold = self.engine.default_score_threshold if t is None else t
         pipe = self.pipeline
         if pipe is not None:
             pipe.color = p.output_color
@@ -230,7 +231,7 @@ class FusionNode(LifecycleNode):
             device = "cpu"
         t = time.perf_counter()
         engine = FusionEngine(p.model_checkpoint or None, device=device, precision=p.model_precision,
-                              detections=p.model_detections, score_threshold=p.model_score_threshold,
+                              detections=p.model_detections, score_threshold=p.score_threshold(),
                               max_side=p.model_max_side or None, backend=p.model_backend,
                               deploy=p.model_deploy)
         load_s = time.perf_counter() - t

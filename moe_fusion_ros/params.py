@@ -53,7 +53,9 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
     ParamSpec("model.max_side", 0, "int", "scale inputs so the longer side is at most this (0 = native size)",
               range=(0, 8192), read_only=True),
     ParamSpec("model.detections", True, "bool", "run the auxiliary detectors and publish detections"),
-    ParamSpec("model.score_threshold", 0.3, "double", "minimum detection score", range=(0.0, 1.0)),
+    ParamSpec("model.score_threshold", -1.0, "double",
+              "minimum detection score; negative = the model's own (0.7 for the embedded model, chosen on its "
+              "validation split)", range=(-1.0, 1.0)),
     ParamSpec("sync.slop", 0.02, "double", "max |stamp difference| of a thermal/RGB pair, seconds",
               range=(0.0001, 1.0)),
     ParamSpec("sync.queue_size", 5, "int", "undecided messages kept per input", range=(1, 100)),
@@ -157,6 +159,10 @@ class FusionParams:
         return ThermalNormalization(mode=self.thermal_norm_mode, lo=self.thermal_norm_lo, hi=self.thermal_norm_hi,
                                     p_lo=self.thermal_norm_p_lo, p_hi=self.thermal_norm_p_hi,
                                     ema=self.thermal_norm_ema, invert=self.thermal_invert)
+
+    def score_threshold(self) -> float | None:
+        """The detection score threshold, or ``None``: the model's own."""
+        return None if self.model_score_threshold < 0 else self.model_score_threshold
 
     def homography(self) -> tuple[float, ...] | None:
         """The registration homography, or ``None`` for the identity (resize only)."""

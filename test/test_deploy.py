@@ -11,7 +11,7 @@ from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
 from moe_fusion_core.model.deploy import DeployFusion, area_pool_matrix, gate_features
 
-STEMS = ("00055D", "01023N")  # MSRS validation pairs (day, night) that route to different experts
+STEMS = ("00081D", "01023N")  # MSRS validation pairs (day, night) the shipped model routes to different experts
 SIZE = (320, 240)
 
 

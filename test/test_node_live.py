@@ -147,7 +147,7 @@ def test_parameters_set_at_run_time_act_on_the_next_pair_and_bad_ones_are_refuse
         (r,) = probe.set_params("/moe_fusion", {"registration.homography": [0.0] * 9})
         assert not r.successful and "invertible" in r.reason
     finally:
-        set_ok(probe, sync__slop=0.02, output__color=False, model__score_threshold=0.3)
+        set_ok(probe, sync__slop=0.02, output__color=False, model__score_threshold=-1.0)
 
 
 def test_bad_frames_are_counted_logged_and_the_good_pairs_still_published(node, probe, bag):

@@ -386,10 +386,13 @@ class DeployFusion(nn.Module):
             fused = self.decoder(x_f).float()
         return DeployOutput(fused[..., :h, :w], gates, tuple(feats) if feats is not None else None)
 
-    def detect(self, features: tuple[torch.Tensor, ...], image_size: tuple[int, int]
+    def detect(self, features: tuple[torch.Tensor, ...], image_size: tuple[int, int], merge: bool = True
                ) -> list[dict[str, torch.Tensor]]:
         """Both detection heads on :meth:`forward`'s features, merged per image exactly as the eager model.
-        ``image_size``: the unpadded input (H, W)."""
+        ``image_size``: the unpadded input (H, W). ``merge=False`` returns both detectors' boxes concatenated,
+        before the cross-detector merge (a greedy loop no graph exporter can trace): apply
+        :func:`~moe_fusion_core.model.merge.merge_detections` to them, as :class:`~moe_fusion_core.engine.FusionEngine`
+        does for exported graphs."""
         det = self.detectors
         d = self.cfg.size_divisor
         h, w = image_size
@@ -402,7 +405,9 @@ class DeployFusion(nn.Module):
         sizes = [image_size] * image.shape[0]
         dv, _ = det.head_vis(f_vis, ImageList(image, sizes))
         di, _ = det.head_ir(f_ir, ImageList(image, sizes))
-        return [det.merge(a, b) for a, b in zip(dv, di)]
+        if merge:
+            return [det.merge(a, b) for a, b in zip(dv, di)]
+        return [{k: torch.cat([a[k], b[k]]) for k in ("boxes", "scores", "labels")} for a, b in zip(dv, di)]
 
 
 def _attention_pair(a: nn.Module, b: nn.Module) -> nn.Sequential:
