@@ -66,8 +66,9 @@ def test_sim_time_from_the_bag_clock_gives_stamp_ages_on_the_sim_clock(colcon_in
 def test_overload_in_latest_mode_keeps_memory_flat_latency_bounded_and_counts_drops(colcon_install, probe, bag,
                                                                                      tmp_path):
     """30 Hz thermal + 25 Hz RGB for 60 s into the full-size CPU model: it cannot keep up; the latest-only slot
-    drops pairs (counted) instead of queueing them. Memory bound: peak and median resident memory of the last 20 s
-    within 100 MB of those 15-35 s into the run (sampled at 1 Hz from /diagnostics)."""
+    drops pairs (counted) instead of queueing them. Memory bound (resident memory sampled at 1 Hz from /diagnostics,
+    the last 20 s against 15-35 s into the run): median within 100 MB, peak within 250 MB. A queue of 448x320 pairs
+    would grow by ~14 MB/s of raw frames alone, ~400 MB between the two windows."""
     from ros_graph import Frames, Launched, params_file, stamp_of, stream
 
     params = params_file(tmp_path / "params.yaml", {"model.warmup_iters": 1, "processing.mode": "latest"})
@@ -89,13 +90,15 @@ def test_overload_in_latest_mode_keeps_memory_flat_latency_bounded_and_counts_dr
         half = len(latency) // 2
         first, last = sorted(latency[:half])[half // 2], max(latency[half:])
         assert last <= 2.0 * first + 3.0, (latency, "latency grows: pairs are queueing")
-        # resident memory swings by a few hundred MB within each inference (activations); what must not grow is
-        # its peak and its median: the last 20 s against 15-35 s into the run
+        # resident memory swings by a few hundred MB within each inference (activations) and the allocator's arenas
+        # settle over the first minute (CI saw the peak of 1 Hz samples drift by 175 MB): the median is the steady
+        # signal, the peak gets the allocator's slack
         t_end = max(t for t, _ in memory)
         early = sorted(m for t, m in memory if t_end - 48 <= t < t_end - 28)
         late = sorted(m for t, m in memory if t >= t_end - 20)
         assert len(early) >= 10 and len(late) >= 10, memory
-        assert max(late) <= max(early) + 100.0 and late[len(late) // 2] <= early[len(early) // 2] + 100.0, memory
+        assert late[len(late) // 2] <= early[len(early) // 2] + 100.0, memory
+        assert max(late) <= max(early) + 250.0, memory
         assert launched.stop(signal.SIGINT) == 0
 
 
