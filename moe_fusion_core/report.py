@@ -249,11 +249,11 @@ class PairMetrics:
 
     Sources as the model saw them: 8-bit thermal at the fused image's size and the visible image's luma."""
 
-    def __init__(self, mode: str = "paper") -> None:
+    def __init__(self, mode: str = "paper", enabled: bool = True) -> None:
         self.mode = mode
         self.values: dict[str, list[float]] = {}
         self.n = 0
-        self.error: str | None = None
+        self.error: str | None = None if enabled else "disabled (--no-metrics)"
         try:
             from .metrics.fusion import score_all
         except ImportError as e:  # pragma: no cover - the metrics ship with the package

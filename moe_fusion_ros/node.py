@@ -351,17 +351,17 @@ class FusionNode(LifecycleNode):
 
     # ------------------------------------------------------------------ callbacks (executor thread: keep short)
     def _on_incompatible_qos(self, event: Any) -> None:
-        self.incompatible_qos += 1
         policy = getattr(getattr(event, "last_policy_kind", None), "name", "?")
         if self.params is not None and self.params.qos_input_reliability == "auto":
             self._requalify = True  # the steady timer re-subscribes (not from inside this subscription's callback)
             self.get_logger().warning(f"a new input publisher offers an incompatible QoS ({policy}): re-subscribing "
                                       "to match every publisher (qos.input_reliability auto)")
-            return
-        self.get_logger().warning(
-            f"an input publisher's QoS is incompatible with this node's subscription ({policy}): nothing is "
-            "received from it. Set qos.input_reliability:=best_effort or auto (both match reliable and best-effort "
-            "publishers), or make the publisher reliable", throttle_duration_sec=5.0)
+        else:
+            self.get_logger().warning(
+                f"an input publisher's QoS is incompatible with this node's subscription ({policy}): nothing is "
+                "received from it. Set qos.input_reliability:=best_effort or auto (both match reliable and "
+                "best-effort publishers), or make the publisher reliable", throttle_duration_sec=5.0)
+        self.incompatible_qos += 1  # after the warning: whoever sees the count can read why in the log
 
     def _on_time_jump(self, stream: str, newest_ns: int, stamp_ns_: int) -> None:
         self.last_jump_time = time.monotonic()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_fusion_core.preprocess import MODES, ThermalNormalization
+from moe_fusion_core.report import PairMetrics
 
 from .pipeline import FusionPipeline, percentile
 from .sync import RGB, THERMAL, PairSynchronizer
@@ -150,63 +151,6 @@ def _storage_plugin(reader: Any, choice: str) -> Any:
     return StoragePlugin.MCAP if choice == "mcap" else StoragePlugin.SQLITE3
 
 
-class _Metrics:
-    """Mean of ``moe_fusion_core.metrics.fusion.score_all`` over the pairs, or the reason it is unavailable.
-
-    NaN scores (e.g. SCD when the fused image equals a source) are left out of the mean and counted."""
-
-    def __init__(self, mode: str, enabled: bool) -> None:
-        self.mode = mode
-        self.values: dict[str, list[float]] = {}
-        self.n = 0
-        self.error: str | None = None if enabled else "disabled (--no-metrics)"
-        self.score_all = None
-        if enabled:
-            try:
-                from moe_fusion_core.metrics.fusion import score_all
-
-                self.score_all = score_all
-            except ImportError as e:
-                self.error = f"moe_fusion_core.metrics.fusion unavailable ({e})"
-
-    def add(self, fused: Any, ir: Any, vis: Any) -> None:
-        if self.score_all is None or self.error is not None:
-            return
-        try:
-            scores = self.score_all(fused, ir, vis, self.mode)
-        except Exception as e:  # a metrics bug must not lose the replay
-            self.error = f"score_all failed: {type(e).__name__}: {e}"
-            return
-        for k, v in dict(scores).items():
-            self.values.setdefault(k, []).append(float(v))
-        self.n += 1
-
-    def result(self) -> tuple[dict[str, Any] | None, str | None]:
-        import math
-
-        if self.error is not None:
-            return None, self.error
-        if self.n == 0:
-            return None, "no pair was fused"
-        mean, nans = {}, {}
-        for k, vals in self.values.items():
-            finite = [v for v in vals if math.isfinite(v)]
-            mean[k] = sum(finite) / len(finite) if finite else None
-            nans[k] = len(vals) - len(finite)
-        return {"mode": self.mode, "pairs": self.n, "mean": mean, "nan_count": nans}, None
-
-
-def _metric_inputs(fused: Any, ir: Any, vis: Any) -> tuple[Any, Any, Any]:
-    """(fused, thermal, visible grey) at one size, as the metrics expect."""
-    import cv2
-
-    from moe_fusion_core.image_io import rgb_to_luma
-
-    if ir.shape != fused.shape:
-        ir = cv2.resize(ir, (fused.shape[1], fused.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return fused, ir, rgb_to_luma(vis)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
@@ -258,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
         info_written = 0
         read_errors: list[dict[str, Any]] = []
         pair_log: list[dict[str, Any]] = []
-        metrics = _Metrics(args.metrics_mode, not args.no_metrics)
+        metrics = PairMetrics(args.metrics_mode, enabled=not args.no_metrics)
         written = 0
         stopped_early = False
         t_start = time.perf_counter()
@@ -294,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
                     n_scored = metrics.n
                     ir, vis, res = pipe.last
                     if metrics.error is None:
-                        metrics.add(*_metric_inputs(res.fused, ir, vis))
+                        metrics.add(res.fused, ir, vis)
                     if html_report is not None:
                         sec, nsec = divmod(p.rgb_stamp_ns, 1_000_000_000)
                         html_report.add_pair(

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from real_pairs import msrs_pairs
 
 from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
@@ -17,13 +17,7 @@ SIZE = (320, 240)
 
 @pytest.fixture(scope="module")
 def pairs(data_dir) -> list[tuple[np.ndarray, np.ndarray]]:
-    out = []
-    for stem in STEMS:
-        ir = read_ir(data_dir / "msrs" / "ir" / f"{stem}.png")
-        vis = read_vis(data_dir / "msrs" / "vis" / f"{stem}.png")
-        out.append((cv2.resize(ir, SIZE, interpolation=cv2.INTER_AREA),
-                    cv2.resize(vis, SIZE, interpolation=cv2.INTER_AREA)))
-    return out
+    return msrs_pairs(data_dir, STEMS, SIZE)
 
 
 @pytest.fixture(scope="module")

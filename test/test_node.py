@@ -72,6 +72,16 @@ def image(stamp: int, frame: str, arr: np.ndarray, encoding: str):
     return m
 
 
+def publish_pairs(probe, t0: int, n: int, seed: int) -> None:
+    """``n`` small random thermal/RGB pairs 40 ms apart from stamp ``t0`` (thermal 2 ms after its RGB frame)."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        probe.pub["thermal"].publish(image(t0 + k * 40 * MS + 2 * MS, "thermal",
+                                           rng.integers(0, 255, (48, 64)).astype(np.uint8), "mono8"))
+        probe.pub["rgb"].publish(image(t0 + k * 40 * MS, "camera",
+                                       rng.integers(0, 255, (48, 64, 3)).astype(np.uint8), "rgb8"))
+
+
 @pytest.fixture()
 def probe(ros_domain):
     from ros_graph import Probe
@@ -97,13 +107,7 @@ def test_every_lifecycle_order_leaves_no_thread_or_subscription_behind(probe):
             assert settle(probe, want) == want, step
             assert workers() == n_workers, step
         # active again after the round trip: it still fuses
-        rng = np.random.default_rng(0)
-        t0 = 1_700_000_000 * 10**9
-        for k in range(2):
-            probe.pub["thermal"].publish(image(t0 + k * 40 * MS + 2 * MS, "thermal",
-                                               rng.integers(0, 255, (48, 64)).astype(np.uint8), "mono8"))
-            probe.pub["rgb"].publish(image(t0 + k * 40 * MS, "camera",
-                                           rng.integers(0, 255, (48, 64, 3)).astype(np.uint8), "rgb8"))
+        publish_pairs(probe, 1_700_000_000 * 10**9, 2, seed=0)
         assert probe.wait(lambda: len(probe.messages("image")) >= 2, 120), "no output after re-activation"
         assert node.trigger_shutdown() == R.SUCCESS  # from active
         assert settle(probe, {"subs": 0, "pubs": 0}) == {"subs": 0, "pubs": 0} and workers() == 0
@@ -154,7 +158,8 @@ def test_a_best_effort_camera_and_a_reliable_subscription_is_counted_and_the_fix
     try:
         assert node.trigger_configure() == R.SUCCESS and node.trigger_activate() == R.SUCCESS
         assert be.wait(lambda: node.incompatible_qos > 0, 20), "no incompatible-QoS event"
-        assert "qos.input_reliability:=best_effort" in capfd.readouterr().err
+        err = capfd.readouterr().err
+        assert "qos.input_reliability:=best_effort" in err, err[-2000:]
         status = node._inputs_status()
         assert dict(status.values)["incompatible QoS events"] == str(node.incompatible_qos)
         assert "best_effort" in status.message
@@ -220,13 +225,7 @@ def test_the_onnxruntime_backend_runs_the_node_on_an_exported_graph(probe, tmp_p
         assert node.trigger_configure() == R.SUCCESS and node.engine.path == "onnxruntime"
         assert node.trigger_activate() == R.SUCCESS
         settle(probe, {"subs": 2, "pubs": 1})
-        rng = np.random.default_rng(1)
-        t0 = 1_700_000_200 * 10**9
-        for k in range(3):
-            probe.pub["thermal"].publish(image(t0 + k * 40 * MS + 2 * MS, "thermal",
-                                               rng.integers(0, 255, (48, 64)).astype(np.uint8), "mono8"))
-            probe.pub["rgb"].publish(image(t0 + k * 40 * MS, "camera",
-                                           rng.integers(0, 255, (48, 64, 3)).astype(np.uint8), "rgb8"))
+        publish_pairs(probe, 1_700_000_200 * 10**9, 3, seed=1)
         assert probe.wait(lambda: len(probe.messages("image")) >= 3, 120)
         m = probe.messages("image")[0]
         assert (m.width, m.height, m.encoding, m.header.frame_id) == (64, 48, "mono8", "camera")

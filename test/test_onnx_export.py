@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -r requirements-dev.txt)")
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -r requirements-dev.txt)")
 
+from real_pairs import msrs_pairs  # noqa: E402
+
 from moe_fusion_core.engine import DEFAULT_MODEL_DIR, FusionEngine  # noqa: E402
-from moe_fusion_core.image_io import read_ir, read_vis  # noqa: E402
 from moe_fusion_ros.cli import main  # noqa: E402
 
 STEMS = ("00537D", "01023N")  # MSRS pairs with several people
@@ -35,13 +35,7 @@ def graph(tmp_path_factory) -> Path:
 
 
 def _pairs(data_dir, size) -> list[tuple[np.ndarray, np.ndarray]]:
-    out = []
-    for stem in STEMS:
-        ir = read_ir(data_dir / "msrs" / "ir" / f"{stem}.png")
-        vis = read_vis(data_dir / "msrs" / "vis" / f"{stem}.png")
-        out.append((cv2.resize(ir, size, interpolation=cv2.INTER_AREA),
-                    cv2.resize(vis, size, interpolation=cv2.INTER_AREA)))
-    return out
+    return msrs_pairs(data_dir, STEMS, size)
 
 
 def test_exported_graph_has_the_documented_inputs_outputs_and_opset(graph):
