@@ -235,10 +235,8 @@ def _run(args: argparse.Namespace) -> int:
                         put(c_info, out.camera_info, log_time)
                         info_written += 1
                     written += 1
-                    n_scored = metrics.n
                     ir, vis, res = pipe.last
-                    if metrics.error is None:
-                        metrics.add(res.fused, ir, vis)
+                    scores = metrics.add(res.fused, ir, vis)  # None when disabled or failed
                     if html_report is not None:
                         sec, nsec = divmod(p.rgb_stamp_ns, 1_000_000_000)
                         html_report.add_pair(
@@ -246,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
                             res.color if res.color is not None else res.fused, res.detections, res.gates,
                             tag=f"thermal Δt {entry['dt_ms']:+.1f} ms",
                             timings_ms={"fuse": res.timings_ms.get("total", float("nan"))},
-                            metrics={k: v[-1] for k, v in metrics.values.items()} if metrics.n > n_scored else None)
+                            metrics=scores)
                     if args.max_pairs is not None and written >= args.max_pairs:
                         return False
                 return True
