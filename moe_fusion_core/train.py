@@ -205,30 +205,15 @@ class Trainer:
                           pin_memory=self.device.type == "cuda")
 
     # ---------------------------------------------------------------- one step
-    def _detection_losses(self, b: dict[str, Any], targets: list[dict[str, torch.Tensor]],
-                          labelled: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Detector losses alone (``train.freeze_fusion``: the fusion head is not run at all)."""
-        ir, vis, rgb = b["ir"], b["vis"], b["vis_rgb"]
-        h, w = ir.shape[-2:]
-        d = self.cfg.model.size_divisor
-        ph, pw = (-h) % d, (-w) % d
-        if ph or pw:
-            ir, vis, rgb = (torch.nn.functional.pad(x, (0, pw, 0, ph)) for x in (ir, vis, rgb))
-        det_vis = rgb if self.cfg.model.detector.rgb_visible else vis
-        return self.model.detectors(det_vis, ir, [(h, w)] * ir.shape[0], targets, labelled).losses
-
     def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         b = _to_device(batch, self.device)
         labelled = torch.as_tensor([bool(x) for x in b["labelled"]])
         targets = [{"boxes": bx.float(), "labels": lab.long() + 1} for bx, lab in zip(b["boxes"], b["labels"])]
         gates: dict[str, Any] = {}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            if self.frozen_fusion:
-                det_losses = self._detection_losses(b, targets, labelled)
-            else:
-                out = self.net(b["ir"], b["vis"], targets=targets if self.train_detectors else None,
-                               labelled=labelled, vis_rgb=b["vis_rgb"])
-                det_losses, gates = out.det_losses, out.gates
+            out = self.net(b["ir"], b["vis"], targets=targets if self.train_detectors else None,
+                           labelled=labelled, vis_rgb=b["vis_rgb"], run_fusion=not self.frozen_fusion)
+            det_losses, gates = out.det_losses, out.gates  # train.freeze_fusion: the fusion head is not run
         if self.frozen_fusion:
             zero = torch.zeros((), device=self.device)
             lf = FusionLosses(zero, zero, zero, zero)

@@ -19,12 +19,13 @@ class MoEFusionOutput:
     """What one forward pass gives.
 
     ``fused`` is the raw network output (B×1×H×W, unbounded; clamp to [0,1] to save); ``att`` the detached
-    attention map the fusion head used; ``det_losses`` only in training with targets; ``detections`` only
-    in eval with ``need_detections`` (boxes in input pixels, labels 1-based, background = 0).
+    attention map the fusion head used (both ``None``, with no gates, when the fusion head was not run);
+    ``det_losses`` only in training with targets; ``detections`` only in eval with ``need_detections`` (boxes in
+    input pixels, labels 1-based, background = 0).
     """
 
-    fused: torch.Tensor
-    att: torch.Tensor
+    fused: torch.Tensor | None
+    att: torch.Tensor | None
     gates: dict[str, GateOutput]
     load_loss: torch.Tensor
     det_losses: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -46,9 +47,12 @@ class MoEFusion(nn.Module):
 
     def forward(self, ir: torch.Tensor, vis: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None,
                 labelled: torch.Tensor | None = None, vis_rgb: torch.Tensor | None = None,
-                need_detections: bool = False) -> MoEFusionOutput:
+                need_detections: bool = False, run_fusion: bool = True) -> MoEFusionOutput:
+        """``run_fusion=False``: the detectors alone (detector-only training), no fused image."""
         if ir.shape != vis.shape or ir.dim() != 4 or ir.shape[1] != 1:
             raise ValueError(f"ir and vis must both be B×1×H×W, got {tuple(ir.shape)} and {tuple(vis.shape)}")
+        if not run_fusion and self.detectors is None:
+            raise ValueError("run_fusion=False leaves nothing to run in a model without detectors")
         h, w = ir.shape[-2:]
         d = self.cfg.size_divisor
         ph, pw = (-h) % d, (-w) % d
@@ -61,6 +65,9 @@ class MoEFusion(nn.Module):
         if self.detectors is not None:
             det_vis = vis_rgb if (self.cfg.detector.rgb_visible and vis_rgb is not None) else vis
             det = self.detectors(det_vis, ir, [(h, w)] * ir.shape[0], targets, labelled, need_detections)
+            if not run_fusion:
+                return MoEFusionOutput(fused=None, att=None, gates={}, load_loss=ir.new_zeros(()),
+                                       det_losses=det.losses, detections=det.detections)
             level = self.cfg.att_level
             att = self.fusion.att(det.att_vis[level], det.att_ir[level], size)
         else:
