@@ -39,7 +39,7 @@ def as_matrix(h: Sequence[float] | np.ndarray) -> np.ndarray:
     """A 3×3 float64 matrix from 9 numbers (row-major) or a 3×3 array; checks it is an invertible homography."""
     m = np.asarray(h, np.float64).reshape(-1)
     if m.size != 9 or not np.isfinite(m).all():
-        raise RegistrationError(f"a homography needs 9 finite numbers, got {list(m)}")
+        raise RegistrationError(f"a homography needs 9 finite numbers, got {m.tolist()}")
     m = m.reshape(3, 3)
     if m[2, 2] == 0 or abs(np.linalg.det(m)) < 1e-12:
         raise RegistrationError(f"not an invertible homography with H[2][2] != 0: {m.tolist()}")

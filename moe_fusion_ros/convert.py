@@ -21,8 +21,6 @@ import numpy as np
 TYPECODES = {"uint8": "B", "octet": "B", "char": "B", "int8": "b", "uint16": "H", "int16": "h", "uint32": "I",
              "int32": "i", "uint64": "Q", "int64": "q", "float": "f", "double": "d", "float32": "f",
              "float64": "d"}
-NUMPY = {"B": np.uint8, "b": np.int8, "H": np.uint16, "h": np.int16, "I": np.uint32, "i": np.int32,
-         "Q": np.uint64, "q": np.int64, "f": np.float32, "d": np.float64}
 
 
 class ConversionError(ValueError):
@@ -50,13 +48,19 @@ def _element(type_str: str) -> tuple[str, bool, int | None]:
     return type_str, False, None
 
 
+@cache
+def _fields(cls: type) -> dict[str, tuple[str, bool, int | None]]:
+    """Field name → :func:`_element` of its type, once per message class."""
+    return {name: _element(t) for name, t in cls.get_fields_and_field_types().items()}
+
+
 def fill(msg: Any, data: Mapping[str, Any], resolve: Callable[[str], type] = message_class) -> Any:
     """Set ``msg``'s fields from ``data`` (nested dicts keyed by field name); returns ``msg``."""
-    types = msg.get_fields_and_field_types()
+    fields = _fields(type(msg))
     for name, value in data.items():
-        if name not in types:
-            raise ConversionError(f"{type(msg).__name__} has no field {name!r} (fields: {', '.join(types)})")
-        base, is_array, size = _element(types[name])
+        if name not in fields:
+            raise ConversionError(f"{type(msg).__name__} has no field {name!r} (fields: {', '.join(fields)})")
+        base, is_array, size = fields[name]
         if isinstance(value, Mapping):
             fill(getattr(msg, name), value, resolve)
         elif is_array and "/" in base:
@@ -75,7 +79,7 @@ def _array(value: Any, base: str, size: int | None, name: str) -> Any:
     code = TYPECODES.get(base)
     if code is None:  # strings, bools: a plain list
         return list(value)
-    a = np.ascontiguousarray(np.asarray(value), dtype=NUMPY[code]).reshape(-1)
+    a = np.ascontiguousarray(np.asarray(value), dtype=np.dtype(code)).reshape(-1)
     if size is not None:
         if a.size != size:
             raise ConversionError(f"field {name!r} needs {size} values, got {a.size}")

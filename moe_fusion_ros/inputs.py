@@ -57,11 +57,14 @@ class InputMonitor:
     """Arrival times of each input on a caller-supplied clock (ns), and which input is missing."""
 
     def __init__(self, missing_timeout_s: float = 0.5) -> None:
+        self.set_timeout(missing_timeout_s)
+        self.streak: dict[str, int | None] = {s: None for s in STREAMS}  # since when the input streams again
+        self.last: dict[str, int | None] = {s: None for s in STREAMS}
+
+    def set_timeout(self, missing_timeout_s: float) -> None:
         if not (missing_timeout_s > 0):
             raise ValueError(f"missing_timeout_s must be > 0, got {missing_timeout_s}")
         self.timeout_ns = round(missing_timeout_s * NS)
-        self.streak: dict[str, int | None] = {s: None for s in STREAMS}  # since when the input streams again
-        self.last: dict[str, int | None] = {s: None for s in STREAMS}
 
     def seen(self, stream: str, now_ns: int) -> None:
         if not self.live(stream, now_ns):
@@ -106,8 +109,7 @@ class InputFrontEnd:
                  on_missing: Callable[[str | None, str | None], None] | None = None) -> None:
         self.sync = sync
         self.clock = clock
-        self.monitor = InputMonitor(missing_timeout_s)
-        self.single_modality = single_modality
+        self.monitor = InputMonitor()
         self.on_missing = on_missing  # (before, now): the missing input changed
         self.configure(idle_flush_s, missing_timeout_s, single_modality)
         self.singles = 0
@@ -119,17 +121,15 @@ class InputFrontEnd:
     def configure(self, idle_flush_s: float, missing_timeout_s: float, single_modality: bool) -> None:
         if not (idle_flush_s > 0):
             raise ValueError(f"idle_flush_s must be > 0, got {idle_flush_s}")
-        if not (missing_timeout_s > 0):
-            raise ValueError(f"missing_timeout_s must be > 0, got {missing_timeout_s}")
+        self.monitor.set_timeout(missing_timeout_s)
         self.idle_flush_ns = round(idle_flush_s * NS)
-        self.monitor.timeout_ns = round(missing_timeout_s * NS)
         self.single_modality = single_modality
 
     def _now(self) -> int:
         """The clock, with arrival times forgotten when it went backwards (sim time reset, bag looped)."""
         now = self.clock()
-        lasts = [t for t in self.monitor.last.values() if t is not None]
-        if lasts and now < max(lasts):
+        idle = self.monitor.idle_ns(now)
+        if idle is not None and idle < 0:
             self.monitor.reset()
             self.clock_resets += 1
         return now

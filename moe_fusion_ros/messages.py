@@ -173,7 +173,7 @@ def status_message(hdr: Mapping[str, Any], inputs: Mapping[str, str], thermal_st
 
 def debug_image(rgb: np.ndarray, detections: Sequence[Any]) -> np.ndarray:
     """The RGB image with boxes, class names and scores drawn (a copy)."""
-    from moe_fusion_core.fuse import draw_detections
+    from moe_fusion_core.report import draw_detections
 
     return draw_detections(rgb, list(detections))
 

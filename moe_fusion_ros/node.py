@@ -137,7 +137,6 @@ class FusionNode(LifecycleNode):
         self.latency_ms: deque[float] = deque(maxlen=200)
         self.stamp_age_ms: deque[float] = deque(maxlen=200)
         self.incompatible_qos = 0
-        self.last_pair_time: float | None = None
         self.last_jump_time: float | None = None
         self.last_skip: str | None = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -385,7 +384,6 @@ class FusionNode(LifecycleNode):
         """A pair, or one image whose partner input is missing (the other is ``None``), ready to fuse."""
         if thermal is not None and rgb is not None:
             self.rates["pairs"].tick()
-            self.last_pair_time = time.monotonic()
         with contextlib.suppress(BufferClosed):  # deactivating
             self.buffer.put((thermal, rgb, time.monotonic()))
 
@@ -491,14 +489,14 @@ class FusionNode(LifecycleNode):
 
     def _sync_status(self) -> health.Status:
         p, pipe, now = self.params, self.pipeline, time.monotonic()
-        st = pipe.sync.stats
+        st, last_pair = pipe.sync.stats, self.rates["pairs"].last
         flowing = all(m.last is not None and now - m.last < 1.0 for k, m in self.rates.items() if k in INPUTS)
         return health.sync_status(
             st.pairs, self.rates["pairs"].rate(), st.mean_abs_dt_ms if st.pairs else float("nan"),
             st.abs_dt_max_ns / 1e6, pipe.unpaired_counts, st.time_jumps,
             None if self.last_jump_time is None else now - self.last_jump_time,
             self.front.idle_flushes if self.front is not None else 0,
-            None if self.last_pair_time is None else now - self.last_pair_time, flowing, p.diagnostics_no_pair_warn_s)
+            None if last_pair is None else now - last_pair, flowing, p.diagnostics_no_pair_warn_s)
 
     def _inference_status(self) -> health.Status:
         pipe = self.pipeline

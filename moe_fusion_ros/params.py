@@ -198,17 +198,12 @@ def check_value(name: str, value: Any) -> Any:
 
 def _check_homography(name: str, value: Any) -> tuple[float, ...]:
     """Nine finite numbers of an invertible 3×3 matrix, scaled so that its last element is 1."""
-    import numpy as np
+    from moe_fusion_core.registration import as_matrix
 
     try:
-        h = np.array(list(value), dtype=np.float64)
+        return tuple(float(x) for x in as_matrix(list(value)).ravel())
     except (TypeError, ValueError) as e:
-        raise ValueError(f"parameter {name!r} must be 9 numbers (a row-major 3x3 matrix), got {value!r}") from e
-    if h.shape != (9,) or not np.isfinite(h).all():
-        raise ValueError(f"parameter {name!r} must be 9 finite numbers (a row-major 3x3 matrix), got {value!r}")
-    if h[8] == 0 or abs(np.linalg.det(h.reshape(3, 3))) < 1e-12:
-        raise ValueError(f"parameter {name!r} is not an invertible homography with H[2][2] != 0: {value!r}")
-    return tuple(float(x) for x in h / h[8])
+        raise ValueError(f"parameter {name!r}: {e} (give 9 numbers, a row-major 3x3 matrix; got {value!r})") from e
 
 
 def validate(values: Mapping[str, Any] | None = None) -> FusionParams:

@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from moe_fusion_core.preprocess import ThermalNormalization, ThermalNormalizer
 from moe_fusion_core.registration import as_matrix, check_resizable, warp_to_rgb
+from moe_fusion_core.report import latency_table
 
 from . import messages as M
-from .health import percentile
 from .inputs import Single
 from .sync import RGB, THERMAL, Pair, PairSynchronizer, Unpaired
 from .thermal import ImageDecodeError, decode_visible, stamp_ns, thermal_array
@@ -192,14 +191,13 @@ class FusionPipeline:
                 self.last_rgb = (vis.shape[1], vis.shape[0], frame)
             else:
                 ir = self.thermal_unit(item.msg)
-                if self.last_rgb is not None:
+                if self.last_rgb is not None:  # the blank visible image at the last RGB size (the engine resizes)
                     w, h, frame = self.last_rgb
                     ir = self.register(ir, (w, h))
-                    if ir.shape != (h, w):
-                        ir = cv2.resize(ir, (w, h), interpolation=cv2.INTER_LINEAR)
+                    vis = np.zeros((h, w, 3), np.uint8)
                 else:  # no RGB image seen yet: the thermal image's own pixels
                     frame = self.frame_id or str(item.msg.header.frame_id)
-                vis = np.zeros((*ir.shape, 3), np.uint8)
+                    vis = np.zeros((*ir.shape, 3), np.uint8)
         except (ImageDecodeError, ValueError) as e:
             return self.record_failure(*stamps, e)
         hdr = M.header(item.stamp_ns, frame)
@@ -227,14 +225,17 @@ class FusionPipeline:
         self.last = (ir, vis, res)
         image = res.color if (self.color and res.color is not None) else res.fused
         h, w = res.fused.shape[:2]
-        base = vis if status.get(RGB) == M.INPUT_OK else np.repeat(res.fused[:, :, None], 3, axis=2)
+        debug_image = None
+        if debug:  # detections drawn on the visible image, or on the fused one when the visible input is missing
+            base = vis if status.get(RGB) == M.INPUT_OK else np.repeat(res.fused[:, :, None], 3, axis=2)
+            debug_image = M.image_message(M.debug_image(base, res.detections), hdr)
         out = M.Outgoing(
             header=hdr,
             image=M.image_message(image, hdr),
             detections=M.detection_array(res.detections, hdr, image_size=(w, h), layout=self.layout,
                                          class_id=self.class_id),
             gates=M.gates_message(res.gates) if self.gates else M.gates_message({}),
-            debug_image=M.image_message(M.debug_image(base, res.detections), hdr) if debug else None,
+            debug_image=debug_image,
             camera_info=self._camera_info(hdr, (w, h)),
             status=M.status_message(hdr, status, stamps[0]),
         )
@@ -253,9 +254,4 @@ class FusionPipeline:
     # ------------------------------------------------------------------ reporting
     def latency_summary(self) -> dict[str, dict[str, float]]:
         """p50/p95/mean/max milliseconds and count per stage."""
-        out = {}
-        for k, v in self.timings.items():
-            if v:
-                out[k] = {"p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95),
-                          "mean_ms": float(np.mean(v)), "max_ms": float(np.max(v)), "count": len(v)}
-        return out
+        return latency_table(self.timings)

@@ -37,7 +37,8 @@ from typing import Any
 from moe_fusion_core.preprocess import MODES, ThermalNormalization
 from moe_fusion_core.report import PairMetrics
 
-from .pipeline import FusionPipeline, percentile
+from .health import percentile
+from .pipeline import FusionPipeline
 from .sync import RGB, THERMAL, PairSynchronizer
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
