@@ -78,12 +78,14 @@ def rgb_to_luma(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
-def write_image(path: str | Path, img: np.ndarray) -> None:
-    """Write a grey or RGB image (PNG/JPEG by suffix), creating parent folders."""
+def write_image(path: str | Path, img: np.ndarray, jpeg_quality: int | None = None) -> None:
+    """Write a grey or RGB image (PNG/JPEG by suffix) atomically, creating parent folders; ``jpeg_quality``
+    overrides OpenCV's default (95) for JPEG."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     out = img if img.ndim == 2 else np.ascontiguousarray(img[:, :, ::-1])
-    ok, buf = cv2.imencode(p.suffix or ".png", out)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if jpeg_quality is not None else []
+    ok, buf = cv2.imencode(p.suffix or ".png", out, params)
     if not ok:
         raise ImageReadError(f"{p}: could not encode image")
     tmp = p.with_name(p.name + ".tmp")

@@ -134,7 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .image_io import read_ir, read_vis
+    from .image_io import read_ir, read_vis, write_image
 
     try:
         src, dst = read_points(args.points)
@@ -160,8 +160,6 @@ def run(args: argparse.Namespace) -> int:
         if args.thermal is None or args.rgb is None:
             print("moe-fusion register: error: --preview needs --thermal and --rgb", file=sys.stderr)
             return 2
-        img = preview(read_ir(args.thermal), read_vis(args.rgb), h)
-        args.preview.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(args.preview), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        write_image(args.preview, preview(read_ir(args.thermal), read_vis(args.rgb), h))
         print(f"wrote {args.preview}", file=sys.stderr)
     return 0

@@ -18,6 +18,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .image_io import rgb_to_luma, write_image
+
 PANEL_HEIGHT = 240
 CHART_HEIGHT = 120
 GATE_LABELS = {"mole_fg": "MoLE-fg (local, foreground)", "mole_bg": "MoLE-bg (local, background)",
@@ -122,17 +124,6 @@ def contact_sheet(ir: np.ndarray, vis: np.ndarray, fused: np.ndarray, detections
     return np.vstack([head, row, gate_chart(gates, width)])
 
 
-def write_jpeg(path: Path, rgb: np.ndarray, quality: int = 88) -> None:
-    """Write an RGB image as JPEG atomically (temporary file, then rename), creating parent folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError(f"{path}: could not encode JPEG")
-    tmp = path.with_name(path.name + ".tmp")
-    buf.tofile(str(tmp))
-    tmp.replace(path)
-
-
 def sheet_name(name: str) -> str:
     """A file-system-safe sheet file name for a pair name (stems may contain sub-folders)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.replace("/", "__"))
@@ -193,7 +184,8 @@ class HtmlReport:
         shown = next((k for k in ("total", "fuse") if k in timings and math.isfinite(timings[k])), None)
         title = name + (f"  |  {tag}" if tag else "") + (f"  |  {shown} {timings[shown]:.0f} ms" if shown else "")
         rel = f"sheets/{sheet_name(name)}"
-        write_jpeg(self.out_dir / rel, contact_sheet(ir, vis, fused, detections, gates, title=title))
+        write_image(self.out_dir / rel, contact_sheet(ir, vis, fused, detections, gates, title=title),
+                    jpeg_quality=88)
         self.entries.append(SheetEntry(name, rel, tag, timings, dict(metrics) if metrics is not None else None,
                                        len(detections)))
         return self.out_dir / rel
@@ -265,8 +257,6 @@ class PairMetrics:
         """Score one pair; returns its metrics (``None`` once scoring has failed, with the reason kept)."""
         if self._score_all is None or self.error is not None:
             return None
-        from .image_io import rgb_to_luma
-
         if ir.shape[:2] != fused.shape[:2]:
             ir = cv2.resize(ir, (fused.shape[1], fused.shape[0]), interpolation=cv2.INTER_LINEAR)
         grey = rgb_to_luma(vis) if vis.ndim == 3 else vis
