@@ -162,7 +162,7 @@ class FusionEngine:
             self.warmup(warmup)
 
     def _init_onnxruntime(self, path: Path, detections: bool) -> None:
-        from .onnx_export import OnnxSession, cached_export
+        from .onnx_export import OnnxSession, cached_exports
 
         if path.suffix == ".onnx":
             if not path.is_file():
@@ -173,9 +173,8 @@ class FusionEngine:
             from .checkpoint import read_config
 
             has_det = read_config(path).model.detector is not None
-            self._sessions = {False: OnnxSession(cached_export(path, fused_only=True), self.device)}
-            if detections and has_det:
-                self._sessions[True] = OnnxSession(cached_export(path, fused_only=False), self.device)
+            graphs = cached_exports(path, (True, False) if detections and has_det else (True,))
+            self._sessions = {not fused_only: OnnxSession(p, self.device) for fused_only, p in graphs.items()}
         self.config = next(iter(self._sessions.values())).config
         self.has_detectors = any(self._sessions)
 
@@ -294,11 +293,14 @@ class FusionEngine:
             r.timings_ms = dict(timings, total=sum(timings.values()))
         return results
 
+    def _autocast(self, **kw: bool) -> torch.autocast:
+        """Mixed precision on this engine's device for fp16/bf16 (a no-op context for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.precision != "fp32", **kw)
+
     def _run_torch(self, ir_t: torch.Tensor, vis_t: torch.Tensor, rgb_t: torch.Tensor, want_det: bool
                    ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[dict[str, torch.Tensor]] | None]:
-        use_amp = self.precision != "fp32"
         if self.deploy is None:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
+            with self._autocast():
                 out = self._forward(ir_t, vis_t, vis_rgb=rgb_t, need_detections=want_det)
             gates = {k: g.gates.float().cpu().numpy() for k, g in out.gates.items()}
             dets = out.detections if (want_det and out.detections is not None) else None
@@ -307,13 +309,13 @@ class FusionEngine:
             if self.cuda_graphs:
                 out = self._graph_forward(ir_t, vis_t, rgb_t, want_det)
             else:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
+                with self._autocast():
                     out = self._forward(ir_t, vis_t, rgb_t, features=want_det)
             fused = out.fused.clone() if self.cuda_graphs else out.fused  # graph outputs are reused buffers
             gates = {k: g.float().cpu().numpy() for k, g in out.gates.items()}
             dets = None
             if want_det:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=use_amp):
+                with self._autocast():
                     dets = self.deploy.detect(out.features, tuple(ir_t.shape[-2:]))
         if dets is not None:
             dets = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in dets]
@@ -325,11 +327,10 @@ class FusionEngine:
         entry = self._graphs.get(key)
         if entry is None:
             static = (ir_t.clone(), vis_t.clone(), rgb_t.clone())
-            use_amp = self.precision != "fp32"
 
             def run():
                 # no autocast weight cache: a captured graph must not hold casts made outside it
-                with torch.autocast("cuda", dtype=self.autocast_dtype, enabled=use_amp, cache_enabled=False):
+                with self._autocast(cache_enabled=False):
                     return self.deploy(*static, features=features)
 
             side = torch.cuda.Stream(self.device)

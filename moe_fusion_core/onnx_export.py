@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,31 +114,23 @@ def export_onnx(model: nn.Module, cfg: Config, out: str | Path, *, fused_only: b
     return out
 
 
-def read_onnx_config(path: str | Path) -> Config:
-    """The model config stored in an exported graph's metadata."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    for p in proto.metadata_props:
-        if p.key == CONFIG_KEY:
-            return Config.from_dict(json.loads(p.value))
-    raise ValueError(f"{path}: no {CONFIG_KEY} metadata (not exported by `moe-fusion export --onnx`)")
-
-
-def cached_export(checkpoint: Path, *, fused_only: bool, cache_dir: Path | None = None) -> Path:
-    """The ONNX graph (dynamic height/width) of a checkpoint, exported once and kept in a cache folder keyed by
-    the weights' hash (``$MOE_FUSION_CACHE`` or ``~/.cache/moe_fusion/onnx``)."""
+def cached_exports(checkpoint: Path, variants: Sequence[bool], cache_dir: Path | None = None) -> dict[bool, Path]:
+    """The ONNX graphs (dynamic height/width) of a checkpoint, fused-only (``True``) and/or with detections
+    (``False``) as ``variants`` asks, exported once and kept in a cache folder keyed by the weights' hash
+    (``$MOE_FUSION_CACHE`` or ``~/.cache/moe_fusion/onnx``)."""
     from .checkpoint import MODEL_FILE, load_model
 
     weights = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     root = cache_dir or Path(os.environ.get("MOE_FUSION_CACHE", Path.home() / ".cache" / "moe_fusion")) / "onnx"
-    path = root / (f"{digest}-{'fused' if fused_only else 'det'}-g{GRAPH_VERSION}-opset{OPSET}"
-                   f"-torch{torch.__version__}.onnx")
-    if not path.is_file():
+    paths = {fused_only: root / (f"{digest}-{'fused' if fused_only else 'det'}-g{GRAPH_VERSION}-opset{OPSET}"
+                                 f"-torch{torch.__version__}.onnx") for fused_only in variants}
+    missing = [f for f, p in paths.items() if not p.is_file()]
+    if missing:
         model, cfg = load_model(checkpoint)
-        export_onnx(model, cfg, path, fused_only=fused_only, dynamic=True)
-    return path
+        for fused_only in missing:
+            export_onnx(model, cfg, paths[fused_only], fused_only=fused_only, dynamic=True)
+    return paths
 
 
 class OnnxSession:
@@ -150,7 +143,6 @@ class OnnxSession:
             raise ValueError("backend 'onnxruntime' needs the onnxruntime package (pip install onnxruntime, or "
                              "onnxruntime-gpu for CUDA)") from e
         self.path = Path(path)
-        self.config = read_onnx_config(self.path)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -161,6 +153,10 @@ class OnnxSession:
                                  f"not available; have {ort.get_available_providers()})")
             providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        config = self.session.get_modelmeta().custom_metadata_map.get(CONFIG_KEY)
+        if config is None:
+            raise ValueError(f"{path}: no {CONFIG_KEY} metadata (not exported by `moe-fusion export --onnx`)")
+        self.config = Config.from_dict(json.loads(config))
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.has_detections = "boxes" in self.outputs

@@ -96,3 +96,19 @@ def test_export_and_backend_errors_are_clear(tmp_path):
         FusionEngine(tmp_path / "missing.onnx", device="cpu", backend="onnxruntime")
     with pytest.raises(ValueError, match="backend must be one of"):
         FusionEngine(device="cpu", backend="tensorrt")
+
+
+def test_a_torch_checkpoint_on_the_onnxruntime_backend_is_exported_once_into_the_cache(untrained_model, tmp_path,
+                                                                                        monkeypatch, data_dir):
+    """backend="onnxruntime" with a checkpoint folder (the node's default checkpoint): both graphs are exported
+    into $MOE_FUSION_CACHE on first use and reused by the next engine; the result matches PyTorch."""
+    monkeypatch.setenv("MOE_FUSION_CACHE", str(tmp_path / "cache"))
+    eng = FusionEngine(untrained_model, device="cpu", backend="onnxruntime")
+    graphs = sorted((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert [g.name.split("-")[1] for g in graphs] == ["det", "fused"] and eng.detections
+    stamps = [g.stat().st_mtime_ns for g in graphs]
+    again = FusionEngine(untrained_model, device="cpu", backend="onnxruntime", detections=False)
+    assert [g.stat().st_mtime_ns for g in graphs] == stamps and not again.detections  # reused, not re-exported
+    ref = FusionEngine(untrained_model, device="cpu", detections=False)
+    for ir, vis in _pairs(data_dir, (160, 128)):
+        assert np.abs(again.fuse(ir, vis).fused.astype(int) - ref.fuse(ir, vis).fused.astype(int)).max() <= 1
