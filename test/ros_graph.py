@@ -266,6 +266,10 @@ class Probe:
         self.node.destroy_node()
 
 
+MSG_TYPES = {"thermal": "sensor_msgs/msg/Image", "rgb": "sensor_msgs/msg/Image",
+             "rgb_info": "sensor_msgs/msg/CameraInfo"}  # probe publisher key -> message type
+
+
 class BagPlayer:
     """Plays the image and camera_info topics of a rosbag2 into the graph at the bag's own timing."""
 
@@ -291,8 +295,6 @@ class BagPlayer:
         from rosgraph_msgs.msg import Clock
 
         ts = get_typestore(Stores.ROS2_JAZZY)
-        types = {"thermal": "sensor_msgs/msg/Image", "rgb": "sensor_msgs/msg/Image",
-                 "rgb_info": "sensor_msgs/msg/CameraInfo"}
         t0_bag, t0 = self.messages[0][1], time.monotonic()
         for i, (key, t, raw) in enumerate(self.messages):
             wait = t0 + (t - t0_bag) / NS / rate - time.monotonic()
@@ -301,10 +303,10 @@ class BagPlayer:
             if skip is not None and skip(key, i):
                 continue
             if stamp_shift_ns:
-                m = ts.deserialize_cdr(raw, types[key])
-                st = m.header.stamp.sec * NS + m.header.stamp.nanosec + stamp_shift_ns
+                m = ts.deserialize_cdr(raw, MSG_TYPES[key])
+                st = stamp_of(m) + stamp_shift_ns
                 m.header.stamp.sec, m.header.stamp.nanosec = st // NS, st % NS
-                raw = bytes(ts.serialize_cdr(m, types[key]))
+                raw = bytes(ts.serialize_cdr(m, MSG_TYPES[key]))
             if clock:
                 now = t + stamp_shift_ns
                 probe.pub["clock"].publish(Clock(clock=Time(sec=now // NS, nanosec=now % NS)))
@@ -317,8 +319,7 @@ class BagPlayer:
         out = []
         for k, _, raw in self.messages:
             if k == key:
-                m = ts.deserialize_cdr(raw, "sensor_msgs/msg/Image")
-                out.append(m.header.stamp.sec * NS + m.header.stamp.nanosec)
+                out.append(stamp_of(ts.deserialize_cdr(raw, MSG_TYPES[key])))
         return out
 
 
@@ -329,9 +330,6 @@ def stamp_of(msg: Any) -> int:
 class Frames:
     """Real frames of a bag (first thermal / RGB / camera_info message), re-stamped and re-serialised on demand."""
 
-    TYPES: ClassVar[dict[str, str]] = {"thermal": "sensor_msgs/msg/Image", "rgb": "sensor_msgs/msg/Image",
-                                       "rgb_info": "sensor_msgs/msg/CameraInfo"}
-
     def __init__(self, player: BagPlayer) -> None:
         from rosbags.typesys import Stores, get_typestore
 
@@ -339,7 +337,7 @@ class Frames:
         self.msgs: dict[str, Any] = {}
         for key, _, raw in player.messages:
             if key not in self.msgs:
-                self.msgs[key] = self.ts.deserialize_cdr(raw, self.TYPES[key])
+                self.msgs[key] = self.ts.deserialize_cdr(raw, MSG_TYPES[key])
 
     def raw(self, key: str, stamp: int, **fields: Any) -> bytes:
         """CDR bytes of the ``key`` frame with header stamp ``stamp`` and any fields replaced."""
@@ -350,7 +348,7 @@ class Frames:
         m.header.stamp = type(m.header.stamp)(sec=stamp // NS, nanosec=stamp % NS)
         for k, v in fields.items():
             setattr(m, k, v)
-        return bytes(self.ts.serialize_cdr(m, self.TYPES[key]))
+        return bytes(self.ts.serialize_cdr(m, MSG_TYPES[key]))
 
 
 def stream(probe: Probe, frames: Frames, seconds: float, t0_stamp: int, thermal_hz: float = 30.0,

@@ -25,7 +25,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moe_fusion_core.checkpoint import load_model
 from moe_fusion_core.data import read_dataset
 from moe_fusion_core.data.split import read_split_file
 from moe_fusion_core.engine import FusionEngine
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     n_obj = sum(len(v) for v in gt.values())
     print(f"{len(gt)} labelled frames, {n_obj} objects "
           + ", ".join(f"{n} {sum(b.class_id == i for v in gt.values() for b in v)}" for i, n in enumerate(names)))
-    cfg = load_model(engine.checkpoint)[1].model.detector
+    cfg = engine.config.model.detector
     results = {}
     header = "merge IoU:cont | " + " | ".join(f"AP {n}" for n in names) + " | best-F1 thr | P | R | F1 | boxes/frame"
     if args.threshold is not None:

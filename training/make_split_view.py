@@ -41,9 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     keys = read_split_file(args.split)
     classes = [c.lower() for c in args.classes]
     rows = []
+    light_of: dict[str, dict[str, str]] = {}  # dataset -> stem -> day/night (meta.csv), read once per dataset
+    names_of: dict[str, list[str]] = {}  # dataset -> its classes.txt, read once per dataset
     for key in keys:
         ds, stem = key.split("/")
         root = args.data / ds
+        if ds not in light_of:
+            with open(root / "meta.csv", newline="") as f:
+                light_of[ds] = {row["stem"]: row.get("light") or "unknown" for row in csv.DictReader(f)
+                                if row.get("stem")}
         ir = next((p for p in (root / "ir").glob(f"{stem}.*")), None)
         vis = next((p for p in (root / "vis").glob(f"{stem}.*")), None)
         if ir is None or vis is None:
@@ -52,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         _link(vis, args.out / "vis" / ds / vis.name)
         lab = root / "labels" / f"{stem}.txt"
         if lab.is_file():
-            names = [c.strip().lower() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+            if ds not in names_of:
+                names_of[ds] = [c.strip().lower() for c in (root / "classes.txt").read_text().splitlines()
+                                if c.strip()]
+            names = names_of[ds]
             out_lines = []
             for line in lab.read_text().splitlines():
                 parts = line.split()
@@ -63,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             dst.write_text("".join(x + "\n" for x in out_lines))
         if args.peer is not None:
             _link(args.peer / ds / f"{stem}.png", args.out / "peer" / ds / f"{stem}.png")
-        light = "unknown"
-        with open(root / "meta.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("stem") == stem:
-                    light = row.get("light") or "unknown"
-        rows.append((stem, light, ds))
+        rows.append((stem, light_of[ds].get(stem, "unknown"), ds))
     (args.out / "classes.txt").write_text("".join(c + "\n" for c in classes))
     with open(args.out / "meta.csv", "w", newline="") as f:
         w = csv.writer(f)
