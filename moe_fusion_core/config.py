@@ -132,6 +132,13 @@ class TrainConfig:
     gamma_range: tuple[float, float] = (0.7, 1.4)  # its gamma, drawn log-uniformly
     keep_unlabelled: bool = False  # spec §9.6: train the fusion head on frames without boxes too
     labelled_repeat: int = 1  # frames with boxes appear this many times per pass (when they are scarce)
+    # Class-balanced sampling (repeat-factor sampling, LVIS): a frame is repeated max over its classes of
+    # max(1, sqrt(t / f_c)) times per pass, f_c = share of training frames holding class c; 0 = off.
+    class_repeat_threshold: float = 0.0
+    freeze_detector_bn: bool = False  # detectors' batch-norm layers keep their statistics (small detection batches)
+    # Detector training that keeps the fused image: weight of an L1 loss pulling the attention map the fusion head
+    # reads towards the initial model's (0 = off); mixing and attention layers are frozen when > 0.
+    attention_anchor: float = 0.0
     freeze_detectors: bool = False  # train the fusion head only: detectors keep their weights and BN statistics
     # Detectors: train only the RPN and box heads; backbones, FPNs, mixing and attention (what produces Att) keep
     # their weights and BN statistics, so the fusion head's input is unchanged.

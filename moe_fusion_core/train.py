@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.num_workers = args.workers
     if args.checkpoint_every is not None:
         cfg.train.checkpoint_every = args.checkpoint_every
+    if args.resume and cfg.train.attention_anchor > 0 and args.init is None:
+        raise SystemExit("--resume with train.attention_anchor > 0 needs the run's --init again (the anchor model)")
     trainer = Trainer(cfg, [Path(d) for d in args.data], args.out, device=args.device,
                       progress=not args.no_progress, init=args.init, detector_weights=args.detector_weights)
     trainer.train(resume=args.resume)
@@ -157,6 +161,17 @@ class Trainer:
             m.requires_grad_(False)
         if self.frozen_fusion:
             self.model.fusion.requires_grad_(False)
+        self.anchor: MoEFusion | None = None
+        if t.attention_anchor < 0:
+            raise ValueError(f"train.attention_anchor must be >= 0, got {t.attention_anchor}")
+        if t.attention_anchor > 0:
+            if not self.train_detectors or self.frozen_features:
+                raise ValueError("train.attention_anchor needs trainable detector features (not "
+                                 "train.freeze_detectors / train.freeze_detector_features)")
+            d = self.model.detectors
+            for m in (d.mixing, d.attention_vis, d.attention_ir):
+                m.requires_grad_(False)
+            self.anchor = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if t.gate_lr_scale <= 0:
             raise ValueError(f"train.gate_lr_scale must be > 0, got {t.gate_lr_scale}")
@@ -214,6 +229,11 @@ class Trainer:
             out = self.net(b["ir"], b["vis"], targets=targets if self.train_detectors else None,
                            labelled=labelled, vis_rgb=b["vis_rgb"], run_fusion=not self.frozen_fusion)
             det_losses, gates = out.det_losses, out.gates  # train.freeze_fusion: the fusion head is not run
+            if self.anchor is not None:
+                with torch.no_grad():
+                    ref = self.anchor(b["ir"], b["vis"], vis_rgb=b["vis_rgb"], run_fusion=False).det_att
+                det_losses = {**det_losses, "att_anchor": self.cfg.train.attention_anchor * sum(
+                    F.l1_loss(a.float(), r.float()) for a, r in zip(out.det_att, ref))}
         if self.frozen_fusion:
             zero = torch.zeros((), device=self.device)
             lf = FusionLosses(zero, zero, zero, zero)
@@ -231,6 +251,7 @@ class Trainer:
         return {
             "loss": loss.item(), "loss_pixel": lf.pixel.item(), "loss_grad": lf.grad.item(),
             "loss_load": lf.load.item(), "loss_det": float(loss_det.detach()),
+            **({"loss_att_anchor": float(det_losses["att_anchor"].detach())} if "att_anchor" in det_losses else {}),
             "grad_norm": float(grad_norm),
             **{f"load_{k}": g.load.detach().cpu().tolist() for k, g in gates.items()},
             **{f"gates_{k}": g.importance.detach().cpu().tolist() for k, g in gates.items()},
@@ -338,6 +359,10 @@ class Trainer:
             self.model.detectors.eval()  # batch-norm statistics stay those the detectors were trained with
         for m in self._feature_modules():
             m.eval()  # the attention maps the fusion head was trained with stay exactly as they were
+        if self.cfg.train.freeze_detector_bn and self.model.detectors is not None:
+            for m in self.model.detectors.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         if self.frozen_fusion:
             self.model.fusion.eval()
         t_cfg = self.cfg.train

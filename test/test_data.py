@@ -21,7 +21,8 @@ from moe_fusion_core.data import (
     read_dataset,
     split_by_scene,
 )
-from moe_fusion_core.data.split import assign_sequences, read_split_file, split_by_file
+from moe_fusion_core.data.dataset import class_balanced_repeats
+from moe_fusion_core.data.split import assign_sequences, guard_frames, read_split_file, split_by_file
 from moe_fusion_core.data.transforms import exposure, hflip, random_crop, resize_pair
 from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
 
@@ -91,8 +92,25 @@ def test_m3fd_voc_boxes_are_zero_based_and_difficult_objects_dropped(data_dir, t
 
 def test_class_outside_the_model_is_a_clear_error(data_dir, tmp_path):
     root = _m3fd_root(data_dir, tmp_path)
-    with pytest.raises(DatasetError, match="'People' is not among the model's classes"):
-        read_dataset(root, ["person"])
+    with pytest.raises(DatasetError, match=r"'People' \(= 'person' in .*CLASS_ALIASES\) is not among the model's "):
+        read_dataset(root, ["car"])
+
+
+def test_dataset_class_names_are_mapped_through_one_alias_table(data_dir, tmp_path):
+    """msrs_more calls bicycles 'bike', msrs_det_more 'bicycle', M3FD people 'People': one model class each."""
+    names = ["person", "bicycle", "car"]
+    root = tmp_path / "bikes"
+    for sub in ("ir", "vis", "labels"):
+        (root / sub).mkdir(parents=True)
+    for sub in ("ir", "vis"):
+        shutil.copy(data_dir / "msrs_more" / sub / "01603D.png", root / sub / "01603D.png")
+    (root / "classes.txt").write_text("person\nbike\ncar\n")
+    (root / "labels" / "01603D.txt").write_text("1 0.5 0.5 0.1 0.2\n0 0.2 0.5 0.05 0.2\n")
+    assert read_dataset(root, names)[0][0].labels.tolist() == [1, 0]
+    assert read_dataset(root, ["person", "bike", "car"])[0][0].labels.tolist() == [1, 0]
+    det = {r.stem: r for r in read_dataset(data_dir / "msrs_det_more", names)[0]}
+    assert {int(x) for r in det.values() for x in r.labels} == {0, 1, 2}
+    assert read_dataset(_m3fd_root(data_dir, tmp_path), names)[0][0].labels.tolist()[:1] == [0]
 
 
 def test_llvip_layout_uses_scene_digits_and_official_subsets(data_dir, tmp_path):
@@ -215,7 +233,8 @@ def test_sequences_follow_the_recordings_across_shared_folders(data_dir):
     seq = assign_sequences(_all_shared(data_dir))
     assert seq["msrs/00004N"] == seq["msrs_more/00005N"] == seq["msrs_more/00039N"]  # one night drive, two folders
     assert seq["msrs_more/00001D"] != seq["msrs_more/00003N"]  # MSRS day and night frames: other recordings
-    assert seq["msrs_more/01566D"] == seq["msrs_more/01603D"] != seq["msrs/00556D"]
+    assert seq["msrs_more/01566D"] == "msrs:day:1566" != seq["msrs/00556D"]
+    assert seq["msrs_more/01603D"] == "msrs:day:1600"  # a drive is cut at multiples of MSRS_BLOCK ids
     assert seq["llvip_det/010002"] == seq["llvip_more/010001"]  # one fixed camera
     assert seq["m3svd/0117_1620_v0000"] == seq["m3svd/0117_1620_v0587"] != seq["m3svd/0117_1605_v0000"]
     assert seq["tno/01"] == seq["tno_more/fel_tree_4900"]
@@ -248,6 +267,53 @@ def test_split_file_that_cuts_a_sequence_is_rejected(data_dir, tmp_path):
     cfg.train.split_file = str(SPLIT_FILE)
     _, val, _, info = build_datasets([data_dir / "msrs", data_dir / "msrs_more"], cfg)
     assert len(val) == 16 + 29 and info["split_file_keys_not_in_data"] == 64 - 45  # M3SVD not passed
+
+
+SPLIT_V3 = SPLIT_FILE.with_name("shared_val_v3.txt")
+
+
+def test_msrs_drives_are_cut_into_blocks_and_their_neighbours_guarded(data_dir):
+    recs = _all_shared(data_dir) + read_dataset(data_dir / "msrs_det_more", ["person", "bike", "car"])[0]
+    seq = assign_sequences(recs)
+    assert seq["msrs/00537D"] == seq["msrs_det_more/00500D"] == seq["msrs_det_more/00596D"] == "msrs:day:500"
+    assert seq["msrs_det_more/00606D"] == "msrs:day:600" and seq["msrs_det_more/00258D"] == "msrs:day:258"
+    assert seq["msrs/00004N"] == seq["msrs_more/00039N"] == "msrs:night:3"  # short drives keep their old key
+    guard = set(guard_frames(recs, {"msrs_det_more/00596D"}))
+    assert {"msrs_det_more/00581D", "msrs_det_more/00606D"} <= guard  # 15 and 10 ids away
+    assert "msrs_det_more/00621D" not in guard and "msrs_det_more/00596D" not in guard  # 25 ids away; itself
+    assert all(r.key not in guard for r in recs if r.light == "night" or r.dataset == "roadscene")
+
+
+def test_v3_split_holds_out_labelled_road_sequences_and_another_camera(data_dir):
+    recs = _all_shared(data_dir) + read_dataset(data_dir / "msrs_det_more", ["person", "bike", "car"])[0]
+    keys = read_split_file(SPLIT_V3)
+    train, val, missing = split_by_file(recs, keys)
+    guard = set(guard_frames(recs, set(keys)))
+    assert missing == [] and len(train) + len(val) + len(guard) == len(recs) == 592
+    assert {r.key for r in val} >= set(read_split_file(SPLIT_FILE))  # v2's validation frames stay validation
+    seq = assign_sequences(recs)
+    assert {seq[r.key] for r in train}.isdisjoint({seq[r.key] for r in val})
+    assert not guard & {r.key for r in train}
+    lab = [r for r in val if r.has_boxes]
+    assert len(lab) >= 70 and {int(x) for r in lab for x in r.labels} == {0, 1, 2}
+    assert {r.light for r in lab} == {"day", "night"} and any(r.dataset.startswith("llvip") for r in lab)
+    assert not any(r.dataset.startswith("llvip") for r in train)  # LLVIP's camera: validation only
+    assert sum(r.has_boxes for r in train) >= 120
+
+
+def test_class_balanced_repeats_favour_frames_of_rare_classes(data_dir):
+    recs = [r for r in read_dataset(data_dir / "msrs_det_more", ["person", "bicycle", "car"])[0] if r.has_boxes]
+    assert class_balanced_repeats(recs, 0.0, seed=1) is recs
+    out = class_balanced_repeats(recs, 0.6, seed=1)
+    assert out == class_balanced_repeats(recs, 0.6, seed=1) and len(out) > len(recs)
+    counts = {r.key: 0 for r in recs}
+    for r in out:
+        counts[r.key] += 1
+    bike = [counts[r.key] for r in recs if 1 in r.labels.tolist()]
+    person_only = [counts[r.key] for r in recs if set(r.labels.tolist()) == {0}]
+    assert min(counts.values()) >= 1 and np.mean(bike) > np.mean(person_only) == 1.0
+    with pytest.raises(ValueError, match="class_repeat_threshold"):
+        class_balanced_repeats(recs, -1.0, seed=1)
 
 
 def test_augmentation_depends_only_on_seed_epoch_and_index(data_dir):

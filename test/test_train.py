@@ -117,6 +117,28 @@ def test_detector_head_stage_trains_only_the_detection_heads(tmp_path, data_dir)
         Trainer(cfg, [data_dir / "llvip_det"], tmp_path / "run2", device="cpu", progress=False)
 
 
+def test_attention_anchor_trains_detector_features_but_not_what_makes_the_attention(tmp_path, data_dir):
+    """train.attention_anchor: backbones/FPN learn, mixing and attention layers and BN statistics stay, and the
+    anchor loss (distance of the attention maps from the initial model's) is logged."""
+    from moe_fusion_core.config import load_config
+    from moe_fusion_core.train import Trainer
+
+    cfg = load_config(write_config(tmp_path, steps=2, crop=[128, 128], keep_unlabelled=False, freeze_fusion=True,
+                                   freeze_detector_bn=True, attention_anchor=10.0))
+    trainer = Trainer(cfg, [data_dir / "llvip_det"], tmp_path / "run", device="cpu", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    after = load_file(str(trainer.train() / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("detectors.backbone_vis.body") for k in changed)
+    assert not any(".mixing." in k or ".attention_" in k or "running_" in k or k.startswith("fusion.")
+                   for k in changed)
+    rows = read_metrics(tmp_path / "run")
+    assert rows[0]["loss_att_anchor"] == 0.0 and rows[-1]["loss_att_anchor"] > 0.0
+    cfg.train.freeze_detector_features = True
+    with pytest.raises(ValueError, match="attention_anchor needs trainable detector features"):
+        Trainer(cfg, [data_dir / "llvip_det"], tmp_path / "run2", device="cpu", progress=False)
+
+
 def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir):
     cfg = write_config(tmp_path, steps=12)
     data = [data_dir / "msrs"]

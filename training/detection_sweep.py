@@ -26,13 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moe_fusion_core.data import read_dataset
+from moe_fusion_core.data.readers import canonical_class
 from moe_fusion_core.data.split import read_split_file
 from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
 from moe_fusion_core.metrics.detection import Box, best_f1_threshold, mean_average_precision, precision_recall_at
 from moe_fusion_core.model.merge import merge_detections
 
-LABEL_CLASSES = ["person", "car"]  # the classes labelled in ../shared/data; boxes of others are an error
+LABEL_CLASSES = ["person", "bicycle", "car"]  # the classes labelled in ../shared/data; boxes of others are an error
 
 
 @torch.no_grad()
@@ -83,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             ir, vis = read_ir(rec.ir), read_vis(rec.vis)
             h, w = vis.shape[:2]
             b = rec.boxes * np.array([w, h, w, h], np.float32) if rec.boxes_normalized else rec.boxes
-            known = [LABEL_CLASSES[c] in names for c in rec.labels.tolist()]  # boxes of classes the model knows
-            gt[rec.key] = [Box(tuple(x), names.index(LABEL_CLASSES[c])) for x, c, k in
+            model_cls = [canonical_class(n) for n in names]
+            known = [LABEL_CLASSES[c] in model_cls for c in rec.labels.tolist()]  # boxes of classes the model knows
+            gt[rec.key] = [Box(tuple(x), model_cls.index(LABEL_CLASSES[c])) for x, c, k in
                            zip(b.tolist(), rec.labels.tolist(), known) if k]
             raw[rec.key] = raw_detections(engine, ir, vis)
     n_obj = sum(len(v) for v in gt.values())

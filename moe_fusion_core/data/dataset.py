@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,27 @@ def resolve_split_file(path: str | Path) -> Path:
     return repo if repo.is_file() else p
 
 
+def class_balanced_repeats(records: list[PairRecord], threshold: float, seed: int) -> list[PairRecord]:
+    """Repeat-factor sampling: each frame appears ``r`` times in expectation, ``r`` = max over its classes of
+    ``max(1, sqrt(threshold / f_c))`` (``f_c``: share of the frames holding class c); the fractional part is drawn
+    once with ``seed``, so the list is reproducible. ``threshold`` 0 returns ``records`` unchanged."""
+    if threshold < 0:
+        raise ValueError(f"train.class_repeat_threshold must be >= 0, got {threshold}")
+    if threshold == 0 or not records:
+        return records
+    holding: dict[int, int] = {}
+    for r in records:
+        for c in {int(x) for x in r.labels}:
+            holding[c] = holding.get(c, 0) + 1
+    factor = {c: max(1.0, math.sqrt(threshold / (n / len(records)))) for c, n in holding.items()}
+    rng = np.random.default_rng(seed)
+    out: list[PairRecord] = []
+    for r in records:
+        f = max((factor[int(c)] for c in r.labels), default=1.0)
+        out.extend([r] * (int(f) + int(rng.random() < f - int(f))))
+    return out
+
+
 def build_datasets(data_dirs: list[str | Path], cfg: Config
                    ) -> tuple[PairDataset, PairDataset, list[str], dict[str, Any]]:
     """Read every dataset root, split by scene (or by ``train.split_file``), filter the training frames; returns
@@ -171,6 +193,7 @@ def build_datasets(data_dirs: list[str | Path], cfg: Config
     if cfg.train.labelled_repeat < 1:
         raise ValueError(f"train.labelled_repeat must be >= 1, got {cfg.train.labelled_repeat}")
     train = train + [r for r in train if r.has_boxes] * (cfg.train.labelled_repeat - 1)
+    train = class_balanced_repeats(train, cfg.train.class_repeat_threshold, cfg.train.seed)
     info["train"] = [r.key for r in train]
     info["val"] = [r.key for r in val]
     info["dropped_without_boxes"] = dropped

@@ -99,12 +99,28 @@ def _read_list(path: Path) -> list[str]:
     return [ln.strip().split()[0] for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def _class_index(name: str, class_names: list[str], source: Path) -> int:
-    lowered = [c.lower() for c in class_names]
+# The one table of dataset class names that mean a model class (case-insensitive): a label file's name is looked
+# up here first, then matched against the model's ``class_names``. Add a dataset's own spelling here, nowhere else.
+CLASS_ALIASES: dict[str, str] = {
+    "people": "person", "pedestrian": "person", "persons": "person",
+    "bike": "bicycle", "bicycles": "bicycle",
+    "cars": "car",
+}
+
+
+def canonical_class(name: str) -> str:
+    """A dataset's class name in the model's vocabulary (``CLASS_ALIASES``; unknown names pass through, lowered)."""
     key = name.strip().lower()
+    return CLASS_ALIASES.get(key, key)
+
+
+def _class_index(name: str, class_names: list[str], source: Path) -> int:
+    lowered = [canonical_class(c) for c in class_names]
+    key = canonical_class(name)
     if key not in lowered:
-        raise DatasetError(f"{source}: class {name!r} is not among the model's classes {class_names} "
-                           "(set model.class_names in the training config)")
+        raise DatasetError(f"{source}: class {name!r} (= {key!r} in moe_fusion_core.data.readers.CLASS_ALIASES) is "
+                           f"not among the model's classes {class_names} (set model.class_names in the training "
+                           "config, or map the name in CLASS_ALIASES)")
     return lowered.index(key)
 
 

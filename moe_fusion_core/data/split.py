@@ -56,55 +56,87 @@ def _stable_hash(s: str) -> int:
 # ------------------------------------------------------------------------------------ sequence split (split file)
 
 # Folders of ../shared/data that hold frames of one original dataset: their sequences are one namespace.
-DATASET_FAMILY = {"msrs_more": "msrs", "llvip_det": "llvip", "llvip_more": "llvip", "tno_more": "tno"}
-SEQUENCE_GAP = 50  # frame ids further apart than this (same D/N tag) start a new MSRS / RoadScene sequence
+DATASET_FAMILY = {"msrs_more": "msrs", "msrs_det_more": "msrs", "llvip_det": "llvip", "llvip_more": "llvip",
+                  "tno_more": "tno"}
+SEQUENCE_GAP = 50  # frame ids further apart than this (same D/N tag) start a new MSRS / RoadScene drive
+# MSRS's test split holds every ~4th frame of long drives: a drive is cut into sequences at multiples of this many
+# frame ids, and training frames within SEQUENCE_GUARD ids of a validation frame of the same drive are left out
+# of training (neither side), so no training frame is a near-copy of a validation frame across a cut.
+MSRS_BLOCK = 100
+SEQUENCE_GUARD = 24
 
 
 def _family(dataset: str) -> str:
     return DATASET_FAMILY.get(dataset, dataset)
 
 
-def assign_sequences(records: list[PairRecord]) -> dict[str, str]:
-    """Sequence key of every record (``{record.key: sequence}``): frames that may come from one recording.
-
-    Rules (``docs/design.md``, "Train/validation split"), per original dataset (``DATASET_FAMILY`` merges the
-    shared folders that hold frames of one dataset, e.g. ``msrs`` and ``msrs_more``):
-
-    - LLVIP: the scene digits (first two of ``SSFFFF``); M3SVD: the recording id (``MMDD_hhmm``).
-    - MSRS and RoadScene (frame numbers from drives, no published sequence ids): per stem prefix (and, for MSRS,
-      its ``D``/``N`` suffix: day and night frames are different recordings), frames sorted by number; a gap of
-      more than ``SEQUENCE_GAP`` ids starts a new sequence.
-    - TNO: one sequence for the whole dataset (its numbering says nothing about scenes, and the extra frames
-      are neighbours of frames in ``tno/``); anything else: the record's ``scene``.
-    """
-    out: dict[str, str] = {}
+def _drives(records: list[PairRecord]) -> dict[str, tuple[str, int]]:
+    """``{record.key: (drive, frame number)}`` for MSRS and RoadScene frames: runs of one stem prefix (and MSRS
+    D/N tag) whose sorted frame numbers are at most ``SEQUENCE_GAP`` apart."""
     runs: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for r in records:
         fam = _family(r.dataset)
-        if fam == "llvip":
-            out[r.key] = f"llvip:{r.stem[:2]}"
-        elif fam == "m3svd":
-            out[r.key] = "m3svd:" + "_".join(r.stem.split("_")[:2])
-        elif fam == "tno":
-            out[r.key] = "tno"
-        elif fam in ("msrs", "roadscene"):
-            m = re.match(r"^(.*?)(\d+)(\D*)$", r.stem)
-            if m is None:
-                out[r.key] = f"{fam}:{r.stem}"
-                continue
-            tag = {"D": "day", "N": "night"}.get(m.group(3), "")  # MSRS's own D/N suffix: separate recordings
-            runs[f"{fam}:{m.group(1)}{tag}"].append((int(m.group(2)), r.key))
-        else:
-            out[r.key] = f"{fam}:{r.scene}"
+        m = re.match(r"^(.*?)(\d+)(\D*)$", r.stem) if fam in ("msrs", "roadscene") else None
+        if m is None:
+            continue
+        tag = {"D": "day", "N": "night"}.get(m.group(3), "")  # MSRS's own D/N suffix: separate recordings
+        runs[f"{fam}:{m.group(1)}{tag}"].append((int(m.group(2)), r.key))
+    out: dict[str, tuple[str, int]] = {}
     for prefix, frames in runs.items():
         frames.sort()
         start = prev = frames[0][0]
         for num, key in frames:
             if num - prev > SEQUENCE_GAP:
                 start = num
-            out[key] = f"{prefix}:{start}"
+            out[key] = (f"{prefix}:{start}", num)
             prev = num
     return out
+
+
+def assign_sequences(records: list[PairRecord]) -> dict[str, str]:
+    """Sequence key of every record (``{record.key: sequence}``): frames that may come from one recording.
+
+    Rules (``docs/design.md``, "Train/validation split"), per original dataset (``DATASET_FAMILY`` merges the
+    shared folders that hold frames of one dataset, e.g. ``msrs``, ``msrs_more`` and ``msrs_det_more``):
+
+    - LLVIP: the scene digits (first two of ``SSFFFF``); M3SVD: the recording id (``MMDD_hhmm``).
+    - MSRS and RoadScene (frame numbers from drives, no published sequence ids): per stem prefix (and, for MSRS,
+      its ``D``/``N`` suffix: day and night frames are different recordings), frames sorted by number; a gap of
+      more than ``SEQUENCE_GAP`` ids starts a new drive. An MSRS drive is further cut at multiples of
+      ``MSRS_BLOCK`` ids (the key names the first possible id of the piece: ``msrs:day:300``); see
+      :func:`guard_frames` for the frames next to a cut.
+    - TNO: one sequence for the whole dataset (its numbering says nothing about scenes, and the extra frames
+      are neighbours of frames in ``tno/``); anything else: the record's ``scene``.
+    """
+    out: dict[str, str] = {}
+    drives = _drives(records)
+    for r in records:
+        fam = _family(r.dataset)
+        if r.key in drives:
+            drive, num = drives[r.key]
+            start = int(drive.rsplit(":", 1)[1])
+            out[r.key] = drive if fam != "msrs" else f"{drive.rsplit(':', 1)[0]}:{max(start, num - num % MSRS_BLOCK)}"
+        elif fam == "llvip":
+            out[r.key] = f"llvip:{r.stem[:2]}"
+        elif fam == "m3svd":
+            out[r.key] = "m3svd:" + "_".join(r.stem.split("_")[:2])
+        elif fam == "tno":
+            out[r.key] = "tno"
+        else:
+            out[r.key] = f"{fam}:{r.scene}"
+    return out
+
+
+def guard_frames(records: list[PairRecord], val_keys: set[str]) -> list[str]:
+    """Keys of non-validation frames within ``SEQUENCE_GUARD`` frame ids of a validation frame of the same drive
+    (MSRS/RoadScene): left out of training by :func:`split_by_file`."""
+    drives = _drives(records)
+    held: dict[str, list[int]] = defaultdict(list)
+    for k in val_keys:
+        if k in drives:
+            held[drives[k][0]].append(drives[k][1])
+    return sorted(k for k, (drive, num) in drives.items()
+                  if k not in val_keys and any(abs(num - v) <= SEQUENCE_GUARD for v in held.get(drive, ())))
 
 
 def read_split_file(path: str | Path) -> list[str]:
@@ -127,7 +159,8 @@ def read_split_file(path: str | Path) -> list[str]:
 
 def split_by_file(records: list[PairRecord], val_keys: list[str]
                   ) -> tuple[list[PairRecord], list[PairRecord], list[str]]:
-    """Records listed in ``val_keys`` are validation, the rest training; returns (train, val, missing keys).
+    """Records listed in ``val_keys`` are validation, the rest training except the :func:`guard_frames` (used by
+    neither); returns (train, val, missing keys).
 
     Raises ``ValueError`` when a training frame shares a sequence (:func:`assign_sequences`) with a validation
     frame: a split file must hold out whole sequences.
@@ -144,4 +177,6 @@ def split_by_file(records: list[PairRecord], val_keys: list[str]
         examples = [r.key for r in train if seq[r.key] in leaks][:5]
         raise ValueError(f"split file holds out only part of sequence(s) {', '.join(leaks)}: training frames "
                          f"{', '.join(examples)} belong to them too")
+    guard = set(guard_frames(records, held))
+    train = [r for r in train if r.key not in guard]
     return train, val, missing

@@ -20,8 +20,9 @@ class MoEFusionOutput:
 
     ``fused`` is the raw network output (B×1×H×W, unbounded; clamp to [0,1] to save); ``att`` the detached
     attention map the fusion head used (both ``None``, with no gates, when the fusion head was not run);
-    ``det_losses`` only in training with targets; ``detections`` only in eval with ``need_detections`` (boxes in
-    input pixels, labels 1-based, background = 0).
+    ``det_att`` the detectors' own visible and infrared attention maps at ``att_level`` (not detached; what
+    ``att`` is made from); ``det_losses`` only in training with targets; ``detections`` only in eval with
+    ``need_detections`` (boxes in input pixels, labels 1-based, background = 0).
     """
 
     fused: torch.Tensor | None
@@ -30,6 +31,7 @@ class MoEFusionOutput:
     load_loss: torch.Tensor
     det_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     detections: list[dict[str, torch.Tensor]] | None = None
+    det_att: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class MoEFusion(nn.Module):
@@ -65,19 +67,21 @@ class MoEFusion(nn.Module):
         if self.detectors is not None:
             det_vis = vis_rgb if (self.cfg.detector.rgb_visible and vis_rgb is not None) else vis
             det = self.detectors(det_vis, ir, [(h, w)] * ir.shape[0], targets, labelled, need_detections)
+            level = self.cfg.att_level
+            det_att = (det.att_vis[level], det.att_ir[level])
             if not run_fusion:
                 return MoEFusionOutput(fused=None, att=None, gates={}, load_loss=ir.new_zeros(()),
-                                       det_losses=det.losses, detections=det.detections)
-            level = self.cfg.att_level
+                                       det_losses=det.losses, detections=det.detections, det_att=det_att)
             att = self.fusion.att(det.att_vis[level], det.att_ir[level], size)
         else:
             att = ir.new_full((ir.shape[0], 1, *size), self.cfg.fixed_att)
+            det_att = None
         head = self.fusion(vis, ir, att)
         fused = head.fused[..., :h, :w]
         return MoEFusionOutput(
             fused=fused, att=att[..., :h, :w], gates=head.gates, load_loss=head.load_loss,
             det_losses=det.losses if det is not None else {},
-            detections=det.detections if det is not None else None,
+            detections=det.detections if det is not None else None, det_att=det_att,
         )
 
     def fusion_parameters(self) -> list[nn.Parameter]:
