@@ -183,9 +183,34 @@ def test_node_path_benchmark_prints_a_row_per_size_and_thermal_type(data_dir):
                            "--pair-dir", str(data_dir / "msrs")], cwd=repo, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 160x120")]
-    assert len(rows) == 2 and "mono8" in rows[0] and "mono16" in rows[1]
-    assert all(float(r.split("|")[3]) > 0 for r in rows)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in proc.stdout.splitlines()
+            if line.startswith("| 160x120")]
+    assert [r[1] for r in rows] == ["mono8", "mono16"]
+    assert all(float(r[3]) > 0 and r[6] == "0" for r in rows)  # p50 ms, no failed pair
+    try:
+        import sensor_msgs.msg  # noqa: F401
+    except ImportError:
+        assert all(r[2] == "no" for r in rows)
+    else:  # ROS 2 sourced: the conversion into rclpy messages is part of the timed path
+        assert all(r[2] == "yes" for r in rows)
+
+
+def test_node_path_benchmark_counts_failed_pairs_instead_of_timing_them(sample_dir):
+    import importlib.util
+    from pathlib import Path
+
+    from moe_fusion_core.image_io import read_ir, read_vis
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_node_path.py"
+    spec = importlib.util.spec_from_file_location("bench_node_path", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ir = read_ir(sample_dir / "pairs" / "ir" / "0111_1753_0000.png")
+    vis = read_vis(sample_dir / "pairs" / "vis" / "0111_1753_0000.png")
+    times, failed = bench.node_path_ms(ir, vis, 3)
+    assert len(times) == 3 and failed == 0
+    times, failed = bench.node_path_ms(ir[:, :100], vis, 3)  # a thermal aspect the registration refuses
+    assert times == [] and failed == 4
 
 
 def camera_info_msg(stamp: int, width: int, height: int, fx: float) -> SimpleNamespace:
