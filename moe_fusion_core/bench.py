@@ -13,8 +13,14 @@ the benchmark measures exactly the code that serves requests:
 exported graph under ONNX Runtime; several paths are timed interleaved (one call of each per iteration), so
 their ratio (``speedup_vs_eager``) holds on a machine shared with other work. Stage rows come from the eager path.
 
-FLOPs are counted with ``torch.utils.flop_counter`` on one forward pass (not estimated); the achieved fraction
-compares FLOPs/latency with the throughput of a large 3×3 convolution measured on the same device/precision.
+FLOPs are counted with ``torch.utils.flop_counter`` on one forward pass of each torch path's own graph (not
+estimated); ONNX Runtime rows have no FLOP count (the counter sees torch graphs only; the exported graph's count is
+not borrowed from the torch graph). The achieved fraction compares FLOPs/latency with the throughput of a large
+3×3 convolution measured on the same device/precision.
+
+Memory, named for what it measures: ``cuda_peak_mb_stage`` (CUDA) is the most memory allocated during the stage's
+timed iterations, all paths of the run together (they are interleaved); ``process_max_rss_mb`` (CPU) is the
+process's peak resident memory since it started (what the OS reports), not the row's own.
 """
 
 from __future__ import annotations
@@ -211,15 +217,15 @@ def bench_model(engines: dict[str, Any], size: tuple[int, int], batch: int, iter
                     stages["preprocess"].append(res[0].timings_ms["preprocess"] * batch)
                     stages["postprocess"].append(res[0].timings_ms["postprocess"] * batch)
         load.append(_loadavg())
-        mem = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        mem = ({"cuda_peak_mb_stage": torch.cuda.max_memory_allocated(dev) / 2**20} if dev.type == "cuda"
+               else {"process_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         flops = {p: count_flops(e, ir, vis, det) for p, e in engines.items() if e.backend == "torch"}
         ref = _pct(e2e["eager"], 50) if "eager" in engines else None
         for path in engines:
             p50 = _pct(e2e[path], 50)
-            f = flops.get(path, flops.get("deploy", flops.get("eager")))
+            f = flops.get(path)  # this path's own graph; none for ONNX Runtime
             row = {**label, "path": path, "stage": mode, "p50_ms": p50, "p95_ms": _pct(e2e[path], 95),
-                   "pairs_per_s": batch * 1e3 / p50, "peak_mem_mb": mem}
+                   "pairs_per_s": batch * 1e3 / p50, **mem}
             if f is not None:
                 row.update(gflops_per_pair=f / 1e9, achieved_fraction=(f * batch / (p50 / 1e3)) / (peak * 1e12))
             if ref is not None and path != "eager":
@@ -238,7 +244,8 @@ def bench_model(engines: dict[str, Any], size: tuple[int, int], batch: int, iter
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     cols = ["config", "device", "size", "batch", "precision", "path", "stage", "p50_ms", "p95_ms", "pairs_per_s",
-            "gflops_per_pair", "achieved_fraction", "speedup_vs_eager", "peak_mem_mb", "loadavg_1min"]
+            "gflops_per_pair", "achieved_fraction", "speedup_vs_eager", "cuda_peak_mb_stage", "process_max_rss_mb",
+            "loadavg_1min"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

@@ -173,7 +173,7 @@ class FusionEngine:
             from .checkpoint import read_config
 
             has_det = read_config(path).model.detector is not None
-            graphs = cached_exports(path, (True, False) if detections and has_det else (True,))
+            graphs = cached_exports(path, (True, False) if detections and has_det else (True,), moe=self.moe)
             self._sessions = {not fused_only: OnnxSession(p, self.device) for fused_only, p in graphs.items()}
         self.config = next(iter(self._sessions.values())).config
         self.has_detectors = any(self._sessions)

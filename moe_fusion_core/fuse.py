@@ -8,7 +8,8 @@ With ``--html-report DIR``: a contact sheet per pair (``DIR/sheets/<stem>.jpg``:
 detections, gate weights as a bar chart) and ``DIR/index.html`` with the per-stage latency and the fusion metrics
 (paper mode) of every pair (:mod:`moe_fusion_core.report`).
 
-Exit codes: 0 every pair fused; 1 some pairs or files were skipped (see the summary); 2 nothing was fused.
+Exit codes: 0 every pair fused; 1 some pairs or files were skipped (see the summary), or scoring a pair's metrics
+for ``--html-report`` failed (the pair is named on stderr); 2 nothing was fused.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 report.add_pair(stem, ir8, vis8, res.color if res.color is not None else res.fused, res.detections,
                                 res.gates, tag=daynight if daynight != "unknown" else "",
                                 timings_ms={"fuse": pair_ms["fuse"], "total": pair_ms["total"]},
-                                metrics=pair_metrics.add(res.fused, ir8, vis8))
+                                metrics=pair_metrics.add(res.fused, ir8, vis8, stem))
     summary = {
         "fused": fused_count, "pairs": len(listing.pairs), "failed": failed,
         "unpaired": listing.unpaired, "duplicates": listing.duplicates,
@@ -148,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     for side, stems in listing.unpaired.items():
         print(f"  no partner in the other folder ({side}): {', '.join(stems[:10])}"
               + (" …" if len(stems) > 10 else ""), file=sys.stderr)
+    if pair_metrics is not None and pair_metrics.failed:
+        print(f"error: fusion metrics: {pair_metrics.failed}", file=sys.stderr)
     if fused_count == 0:
         return 2
-    return 1 if skipped else 0
+    return 1 if skipped or (pair_metrics is not None and pair_metrics.failed) else 0

@@ -114,22 +114,48 @@ def export_onnx(model: nn.Module, cfg: Config, out: str | Path, *, fused_only: b
     return out
 
 
-def cached_exports(checkpoint: Path, variants: Sequence[bool], cache_dir: Path | None = None) -> dict[bool, Path]:
-    """The ONNX graphs (dynamic height/width) of a checkpoint, fused-only (``True``) and/or with detections
-    (``False``) as ``variants`` asks, exported once and kept in a cache folder keyed by the weights' hash
-    (``$MOE_FUSION_CACHE`` or ``~/.cache/moe_fusion/onnx``)."""
-    from .checkpoint import MODEL_FILE, load_model
+EXPORT_DEFAULTS: dict[str, Any] = {"size": (640, 480), "batch": 1, "dynamic": True, "moe": "gather"}
 
+
+def cache_paths(checkpoint: Path, variants: Sequence[bool], cache_dir: Path | None = None, **options: Any
+                ) -> dict[bool, Path]:
+    """Where :func:`cached_exports` keeps each graph: the name holds the weights' hash, the variant and a hash of
+    everything else the graph depends on: the checkpoint's config (it rides in the graph's metadata), every
+    :func:`export_onnx` option (``options`` over :data:`EXPORT_DEFAULTS`), the graph version, opset and torch."""
+    from .checkpoint import MODEL_FILE, read_config
+
+    unknown = set(options) - set(EXPORT_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown export option(s) {', '.join(sorted(unknown))}; known: "
+                         f"{', '.join(EXPORT_DEFAULTS)}")
+    opts = {**EXPORT_DEFAULTS, **options}
     weights = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
     root = cache_dir or Path(os.environ.get("MOE_FUSION_CACHE", Path.home() / ".cache" / "moe_fusion")) / "onnx"
-    paths = {fused_only: root / (f"{digest}-{'fused' if fused_only else 'det'}-g{GRAPH_VERSION}-opset{OPSET}"
-                                 f"-torch{torch.__version__}.onnx") for fused_only in variants}
+    cfg = read_config(checkpoint).to_dict()
+    paths = {}
+    for fused_only in variants:
+        spec = json.dumps({"config": cfg, "fused_only": fused_only, "options": opts, "graph": GRAPH_VERSION,
+                           "opset": OPSET, "torch": torch.__version__}, sort_keys=True, default=list)
+        key = hashlib.sha256(spec.encode()).hexdigest()[:16]
+        paths[fused_only] = root / f"{digest}-{'fused' if fused_only else 'det'}-{key}.onnx"
+    return paths
+
+
+def cached_exports(checkpoint: Path, variants: Sequence[bool], cache_dir: Path | None = None, **options: Any
+                   ) -> dict[bool, Path]:
+    """The ONNX graphs (by default dynamic height/width) of a checkpoint, fused-only (``True``) and/or with
+    detections (``False``) as ``variants`` asks, exported once into a cache folder (``$MOE_FUSION_CACHE`` or
+    ``~/.cache/moe_fusion/onnx``) under :func:`cache_paths`' names: a change of the weights, the config or any
+    export option exports again instead of reusing a stale graph."""
+    from .checkpoint import load_model
+
+    paths = cache_paths(checkpoint, variants, cache_dir, **options)
     missing = [f for f, p in paths.items() if not p.is_file()]
     if missing:
         model, cfg = load_model(checkpoint)
         for fused_only in missing:
-            export_onnx(model, cfg, paths[fused_only], fused_only=fused_only, dynamic=True)
+            export_onnx(model, cfg, paths[fused_only], fused_only=fused_only, **{**EXPORT_DEFAULTS, **options})
     return paths
 
 

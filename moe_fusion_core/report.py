@@ -246,6 +246,7 @@ class PairMetrics:
         self.values: dict[str, list[float]] = {}
         self.n = 0
         self.error: str | None = None if enabled else "disabled (--no-metrics)"
+        self.failed: str | None = None  # set when scoring a pair raised: the pair and the exception
         try:
             from .metrics.fusion import score_all
         except ImportError as e:  # pragma: no cover - the metrics ship with the package
@@ -253,8 +254,9 @@ class PairMetrics:
             score_all = None
         self._score_all = score_all
 
-    def add(self, fused: np.ndarray, ir: np.ndarray, vis: np.ndarray) -> dict[str, float] | None:
-        """Score one pair; returns its metrics (``None`` once scoring has failed, with the reason kept)."""
+    def add(self, fused: np.ndarray, ir: np.ndarray, vis: np.ndarray, name: str = "?") -> dict[str, float] | None:
+        """Score the pair ``name``; returns its metrics (``None`` once scoring has failed: :attr:`failed` then
+        names the pair and why, and the caller's exit code says so)."""
         if self._score_all is None or self.error is not None:
             return None
         if ir.shape[:2] != fused.shape[:2]:
@@ -262,8 +264,8 @@ class PairMetrics:
         grey = rgb_to_luma(vis) if vis.ndim == 3 else vis
         try:
             scores = {k: float(v) for k, v in self._score_all(fused, ir, grey, self.mode).items()}
-        except Exception as e:  # a metrics bug must not lose the run's outputs
-            self.error = f"score_all failed: {type(e).__name__}: {e}"
+        except Exception as e:  # a metrics bug must not lose the run's outputs, but it fails the run
+            self.error = self.failed = f"scoring pair {name} failed: {type(e).__name__}: {e}"
             return None
         for k, v in scores.items():
             self.values.setdefault(k, []).append(v)

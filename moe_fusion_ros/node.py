@@ -2,8 +2,10 @@
 
 Lifecycle node ``moe_fusion`` (``autostart`` configures and activates it in :func:`main`):
 
-- configure: reads and validates the parameters, loads and warms up the model, creates the publishers (a failure
-  is logged with the exception and the node stays unconfigured); cleanup releases them;
+- configure: reads and validates the parameters, loads and warms up the model, creates the publishers; cleanup
+  releases them. A failure is logged with the exception and reported as ERROR on ``/diagnostics``; at autostart
+  the process then exits with code 1, unless ``exit_on_configure_failure`` is false: then the node stays
+  unconfigured (still reporting the ERROR) until a configure succeeds;
 - activate: subscribes ``thermal/image_raw`` and ``rgb/image_raw`` (``sensor_msgs/Image``, QoS copied from the
   publisher, else best effort) through ``message_filters.Subscriber`` into the optimal approximate-time
   synchroniser behind an :class:`~moe_fusion_ros.inputs.InputFrontEnd` (time jumps, idle flush, a missing input);
@@ -143,6 +145,7 @@ class FusionNode(LifecycleNode):
         self._ticker: Any = None
         self._requalify = False
         self._ros_time = (0, time.monotonic())  # last ROS time seen by the ticker, and when it changed
+        self.configure_error: str | None = None  # why the last configure failed (ERROR on /diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
@@ -201,11 +204,15 @@ class FusionNode(LifecycleNode):
             self.pubs = self._create_publishers()
             self._setup_diagnostics()
         except Exception as e:  # rclpy would turn it into a silent ERROR transition: say why, always
-            if self.context.ok():  # (not when Ctrl-C shut the context down during a long warm-up)
-                self.get_logger().error(f"configure failed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
             self._release()
+            if self.context.ok():  # (not when Ctrl-C shut the context down during a long warm-up)
+                self.configure_error = f"{type(e).__name__}: {e}"
+                self.get_logger().error(f"configure failed: {self.configure_error}\n{traceback.format_exc()}")
+                self._setup_diagnostics()
+                self.updater.force_update()
             return TransitionCallbackReturn.FAILURE
         self.params = p
+        self.configure_error = None
         return TransitionCallbackReturn.SUCCESS
 
     def _create_publishers(self) -> dict[str, Any]:
@@ -470,8 +477,12 @@ class FusionNode(LifecycleNode):
 
     def _diag(self, build: Any) -> Any:
         def task(stat: Any) -> Any:
-            s = build() if self.pipeline is not None and self.params is not None else \
-                health.Status(health.STALE, "not configured")
+            if self.pipeline is not None and self.params is not None:
+                s = build()
+            elif self.configure_error is not None:
+                s = health.Status(health.ERROR, f"configure failed: {self.configure_error}")
+            else:
+                s = health.Status(health.STALE, "not configured")
             stat.summary(bytes([s.level]), s.message)  # DiagnosticStatus.level is a byte
             for k, v in s.values:
                 stat.add(k, v)
@@ -518,17 +529,23 @@ def main(args: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, note)
     rclpy.init(args=args)
     node = FusionNode()
+    exit_code = 0
     try:
         if node.get_parameter("autostart").value and not signals:
             if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 if not signals:
                     node.trigger_activate()
-            else:
+            elif node.get_parameter("exit_on_configure_failure").value and not signals:
+                node.get_logger().error("configure failed (reason above): exiting with code 1 "
+                                        "(exit_on_configure_failure: false waits for a retry instead)")
+                _report_before_exit(node)
+                exit_code = 1
+            elif not signals:
                 node.get_logger().error(
                     f"configure failed (reason above); {node.get_fully_qualified_name()} left unconfigured: fix "
                     f"the parameters (ros2 param set {node.get_fully_qualified_name()} ...), then: ros2 lifecycle "
                     f"set {node.get_fully_qualified_name()} configure")
-        if not signals:
+        if not signals and not exit_code:
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -544,7 +561,17 @@ def main(args: list[str] | None = None) -> int:
         rclpy.try_shutdown()
     if signals:
         print(f"[moe_fusion] stopped by {signal.Signals(signals[0]).name}", file=sys.stderr)
-    return 0
+        return 0
+    return exit_code
+
+
+def _report_before_exit(node: FusionNode, seconds: float = 2.0) -> None:
+    """Publish the configure ERROR on /diagnostics for ``seconds`` (twice a second): a diagnostics aggregator
+    or monitor that discovers the node only now still receives it before the process exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and rclpy.ok():
+        node.updater.force_update()
+        rclpy.spin_once(node, timeout_sec=0.5)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,11 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics.no_pair_warn_s", 1.0, "double", "warn when inputs flow but no pair for this long",
               range=(0.1, 60.0)),
     ParamSpec("autostart", True, "bool", "configure and activate the lifecycle node at start", read_only=True),
+    ParamSpec("exit_on_configure_failure", True, "bool",
+              "with autostart: a failed configure (e.g. a wrong model.checkpoint) ends the process with exit code "
+              "1 after reporting ERROR on /diagnostics (a supervisor or launch respawn sees it); false: stay "
+              "unconfigured, reporting the ERROR, and wait for a retry (ros2 lifecycle set ... configure)",
+              read_only=True),
 )
 SPECS: dict[str, ParamSpec] = {s.name: s for s in DECLARATIONS}
 
@@ -154,6 +159,7 @@ class FusionParams:
     diagnostics_expected_rgb_hz: float
     diagnostics_no_pair_warn_s: float
     autostart: bool
+    exit_on_configure_failure: bool
 
     def thermal_normalization(self) -> ThermalNormalization:
         return ThermalNormalization(mode=self.thermal_norm_mode, lo=self.thermal_norm_lo, hi=self.thermal_norm_hi,

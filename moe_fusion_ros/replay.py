@@ -19,8 +19,9 @@ failed and why, per-stage latency p50/p95, throughput, and the eight fusion metr
 ``--html-report DIR`` writes a contact sheet per fused pair and ``DIR/index.html`` (:mod:`moe_fusion_core.report`).
 
 Exit codes: 0 every message paired or legitimately left unpaired (no partner within slop / superseded by a closer
-partner) and every pair fused; 1 some frames failed, messages were unreadable, or messages were dropped for
-an input error (out-of-order / duplicate stamp, queue overflow); 2 unusable input (no such bag, unreadable or
+partner) and every pair fused; 1 some frames failed, messages were unreadable, messages were dropped for
+an input error (out-of-order / duplicate stamp, queue overflow), or scoring a pair's metrics failed (the pair is
+named on stderr and in the report's ``metrics_reason``); 2 unusable input (no such bag, unreadable or
 truncated bag, missing topic, wrong message type) or an output bag that exists without ``--overwrite``.
 """
 
@@ -237,9 +238,10 @@ def _run(args: argparse.Namespace) -> int:
                         info_written += 1
                     written += 1
                     ir, vis, res = pipe.last
-                    scores = metrics.add(res.fused, ir, vis)  # None when disabled or failed
+                    sec, nsec = divmod(p.rgb_stamp_ns, 1_000_000_000)
+                    scores = metrics.add(res.fused, ir, vis, f"rgb {sec}.{nsec:09d} + thermal "
+                                         f"{p.thermal_stamp_ns // 10**9}.{p.thermal_stamp_ns % 10**9:09d}")
                     if html_report is not None:
-                        sec, nsec = divmod(p.rgb_stamp_ns, 1_000_000_000)
                         html_report.add_pair(
                             f"{written:03d}_rgb_{sec}.{nsec:09d}", ir, vis,
                             res.color if res.color is not None else res.fused, res.detections, res.gates,
@@ -330,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.report is not None:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=1))
-    problems = len(pipe.failures) + len(read_errors) + input_errors
+    problems = len(pipe.failures) + len(read_errors) + input_errors + (metrics.failed is not None)
     print(f"replayed {sum(counts.values())} messages: {len(pair_log)} pairs, {written} fused into {args.out}; "
           f"{report['unpaired']['count']} unpaired {unpaired_by_reason or ''}; {len(pipe.failures)} failed",
           file=sys.stderr)
@@ -340,6 +342,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  failed pair rgb {f.rgb_stamp_ns}: {f.reason}", file=sys.stderr)
     for e in read_errors[:10]:
         print(f"  read error: {e['reason']}", file=sys.stderr)
+    if metrics.failed is not None:
+        print(f"  fusion metrics: {metrics.failed}", file=sys.stderr)
     for reason, n in pipe.camera_info_errors.items():
         print(f"  /fused/camera_info not written for {n} frame(s): {reason}", file=sys.stderr)
     if written == 0 and sum(counts.values()) > 0 and not pair_log:

@@ -312,15 +312,24 @@ class BagPlayer:
                 probe.pub["clock"].publish(Clock(clock=Time(sec=now // NS, nanosec=now % NS)))
             probe.pub[key].publish(raw)
 
-    def stamps(self, key: str) -> list[int]:
+    def decoded(self, key: str) -> list[Any]:
+        """Every ``key`` message of the bag, deserialised, in bag order."""
         from rosbags.typesys import Stores, get_typestore
 
         ts = get_typestore(Stores.ROS2_JAZZY)
-        out = []
-        for k, _, raw in self.messages:
-            if k == key:
-                out.append(stamp_of(ts.deserialize_cdr(raw, MSG_TYPES[key])))
-        return out
+        return [ts.deserialize_cdr(raw, MSG_TYPES[key]) for k, _, raw in self.messages if k == key]
+
+    def stamps(self, key: str) -> list[int]:
+        return [stamp_of(m) for m in self.decoded(key)]
+
+    def oracle(self, pairs: set[tuple[int, int]], max_side: int | None) -> Any:
+        """A :class:`content.PairOracle` over the bag's intended (thermal stamp, rgb stamp) ``pairs``, the
+        reference fused by the embedded model at the node's ``model.max_side``."""
+        from content import PairOracle, pixels, reference_engine
+
+        by_stamp = {k: {stamp_of(m): pixels(m) for m in self.decoded(k)} for k in ("thermal", "rgb")}
+        return PairOracle(reference_engine(max_side),
+                          {(t, r): (by_stamp["thermal"][t], by_stamp["rgb"][r]) for t, r in pairs})
 
 
 def stamp_of(msg: Any) -> int:
@@ -328,27 +337,33 @@ def stamp_of(msg: Any) -> int:
 
 
 class Frames:
-    """Real frames of a bag (first thermal / RGB / camera_info message), re-stamped and re-serialised on demand."""
+    """Real frames of a bag (the thermal / RGB / camera_info messages), re-stamped and re-serialised on demand;
+    ``index`` picks the stream's k-th frame (each is a different picture, so the fused pixels tell which)."""
 
     def __init__(self, player: BagPlayer) -> None:
         from rosbags.typesys import Stores, get_typestore
 
         self.ts = get_typestore(Stores.ROS2_JAZZY)
-        self.msgs: dict[str, Any] = {}
-        for key, _, raw in player.messages:
-            if key not in self.msgs:
-                self.msgs[key] = self.ts.deserialize_cdr(raw, MSG_TYPES[key])
+        self.all: dict[str, list[Any]] = {key: player.decoded(key) for key in MSG_TYPES}
+        self.msgs: dict[str, Any] = {key: msgs[0] for key, msgs in self.all.items()}
 
-    def raw(self, key: str, stamp: int, **fields: Any) -> bytes:
-        """CDR bytes of the ``key`` frame with header stamp ``stamp`` and any fields replaced."""
+    def raw(self, key: str, stamp: int, index: int = 0, **fields: Any) -> bytes:
+        """CDR bytes of the ``index``-th ``key`` frame with header stamp ``stamp`` and any fields replaced."""
         import copy
 
-        m = copy.copy(self.msgs[key])
+        m = copy.copy(self.all[key][index])
         m.header = copy.copy(m.header)
         m.header.stamp = type(m.header.stamp)(sec=stamp // NS, nanosec=stamp % NS)
         for k, v in fields.items():
             setattr(m, k, v)
         return bytes(self.ts.serialize_cdr(m, MSG_TYPES[key]))
+
+    def oracle(self, pairs: dict[tuple[int, int], tuple[int, int]], max_side: int | None) -> Any:
+        """A :class:`content.PairOracle`: (thermal stamp, rgb stamp) as published → (thermal index, rgb index)."""
+        from content import PairOracle, pixels, reference_engine
+
+        return PairOracle(reference_engine(max_side), {
+            k: (pixels(self.all["thermal"][i]), pixels(self.all["rgb"][j])) for k, (i, j) in pairs.items()})
 
 
 def stream(probe: Probe, frames: Frames, seconds: float, t0_stamp: int, thermal_hz: float = 30.0,
@@ -377,10 +392,14 @@ def stream(probe: Probe, frames: Frames, seconds: float, t0_stamp: int, thermal_
             sent[stamp] = time.monotonic()
 
 
-def fused_pairs(probe: Probe) -> list[tuple[int, int]]:
-    """(thermal stamp, rgb stamp) of every fused frame received: ``fused/status`` names the thermal frame fused."""
+def fused_pairs(probe: Probe, oracle: Any) -> list[tuple[int, int]]:
+    """(thermal stamp, rgb stamp) of every fused image received, read from its pixels: the candidate pair whose
+    fused image it is (``oracle``, a :class:`content.PairOracle`); its header must carry that pair's RGB stamp."""
+    from content import pixels
+
     out = []
-    for m in probe.messages("status"):
-        values = {kv.key: kv.value for kv in m.status[0].values}
-        out.append((int(values.get("thermal_stamp_ns", -1)), stamp_of(m)))
+    for m in probe.messages("image"):
+        pair = oracle.identify(pixels(m))
+        assert stamp_of(m) == pair[1], f"image stamped {stamp_of(m)} shows the pair {pair}"
+        out.append(pair)
     return out

@@ -31,3 +31,29 @@ def test_bench_json_rows_cover_every_stage_with_timings(tmp_path, sample_dir):
     assert set(e2e) == {1, 2} and all(r["size"] == "160x128" for r in e2e.values())
     assert e2e[1]["gflops_per_pair"] > 0.1  # counted by torch's FLOP counter, not guessed
     assert "stage" in proc.stdout and "p50_ms" in proc.stdout  # the printed table
+
+
+class OtherBackend:
+    """A torch engine presented as another backend: its rows must not borrow the torch graph's FLOP count."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+        self.backend = "onnxruntime"
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+
+def test_rows_carry_their_own_paths_flops_or_none_and_a_memory_column_named_for_what_it_is(untrained_model,
+                                                                                         sample_dir):
+    from moe_fusion_core.bench import bench_model
+    from moe_fusion_core.engine import FusionEngine
+
+    eager = FusionEngine(untrained_model, device="cpu", deploy=False)
+    rows = bench_model({"eager": eager, "onnxruntime": OtherBackend(eager)}, (96, 64), 1, 1, 0, {},
+                       sample_dir / "pairs")
+    whole = {(r["path"], r["stage"]): r for r in rows if r["stage"] in ("end_to_end", "fused_only")}
+    assert len(whole) == 4
+    for (path, _), r in whole.items():
+        assert ("gflops_per_pair" in r) == (path == "eager"), r
+        assert r["process_max_rss_mb"] > 0 and "peak_mem_mb" not in r  # the process's peak, and called so

@@ -12,10 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_engine import untrained_checkpoint
+from content import assert_real_picture
 
-from moe_fusion_core.config import named_config
-from moe_fusion_core.engine import FusionEngine
+from moe_fusion_core.checkpoint import read_config
+from moe_fusion_core.engine import DEFAULT_MODEL_DIR, FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
 from moe_fusion_ros.cli import main
 
@@ -26,11 +26,9 @@ FUSED = sorted([*PAIRS, THERMAL16])
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, sample_dir) -> Path:
-    """Untrained embedded model, output layer rescaled so fused images are not all black (see test_engine)."""
-    pairs = sample_dir / "pairs"
-    calibration = (read_ir(pairs / "ir" / "0117_1620_v0287.png"), read_vis(pairs / "vis" / "0117_1620_v0287.png"))
-    return untrained_checkpoint(tmp_path_factory.mktemp("fuse_cli") / "embedded", calibration)
+def checkpoint() -> Path:
+    """The shipped (embedded) model: real fused images, so that "written = what the engine returns" can fail."""
+    return DEFAULT_MODEL_DIR
 
 
 def copy_pair(sample_dir: Path, stem: str, scale: float, ir_dir: Path, vis_dir: Path, new_stem: str | None = None,
@@ -107,13 +105,14 @@ def test_written_images_are_what_the_engine_returns(fused_run, folders, checkpoi
         ir = read_ir(folders["ir"] / f"{stem}.png")
         res = engine.fuse(ir, read_vis(folders["vis"] / f"{stem}.jpg"), color=True)
         written = cv2.imread(str(fused_run["out"] / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert_real_picture(res.fused, *engine.prepare(ir, read_vis(folders["vis"] / f"{stem}.jpg")))
         np.testing.assert_array_equal(written, res.fused)
         color = cv2.cvtColor(cv2.imread(str(fused_run["out"] / "color" / f"{stem}.png")), cv2.COLOR_BGR2RGB)
         np.testing.assert_array_equal(color, res.color)
     assert ir.dtype == np.uint16 and written.std() > 3  # the 16-bit frame was normalised, not clipped
 
 
-def test_colour_and_detection_outputs_exist_for_every_fused_pair(fused_run, folders):
+def test_colour_and_detection_outputs_exist_for_every_fused_pair(fused_run, folders, checkpoint):
     out = fused_run["out"]
     for stem, (h, w) in folders["sizes"].items():
         color = cv2.imread(str(out / "color" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
@@ -123,7 +122,7 @@ def test_colour_and_detection_outputs_exist_for_every_fused_pair(fused_run, fold
         for d in det["detections"]:
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
-            assert d["class_name"] in named_config("embedded").model.class_names
+            assert d["class_name"] in read_config(checkpoint).model.class_names
         assert cv2.imread(str(out / "detections" / f"{stem}.jpg")).shape == (h, w, 3)
     assert not (out / "color" / "broken.png").exists() and not (out / "lonely.png").exists()
 

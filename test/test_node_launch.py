@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -55,7 +56,9 @@ def test_sim_time_from_the_bag_clock_gives_stamp_ages_on_the_sim_clock(colcon_in
         bag.play(probe, clock=True)
         n = len(truth["pairs"])
         assert probe.wait(lambda: len(probe.messages("status")) >= n, WAIT), launched.log()[-3000:]
-        assert sorted(fused_pairs(probe)) == sorted(truth["pairs"])  # the last one too, after /clock stopped
+        assert probe.wait(lambda: len(probe.messages("image")) >= n, 10)
+        # which frames were fused, read from the pixels; the last one too, after /clock stopped
+        assert sorted(fused_pairs(probe, bag.oracle(truth["pairs"], 160))) == sorted(truth["pairs"])
         assert probe.wait(lambda: (probe.diagnostics("inference") or {}).get("stamp age p50 (ms)", "nan") != "nan",
                           30)
         age = float(probe.diagnostics("inference")["stamp age p50 (ms)"])
@@ -102,23 +105,80 @@ def test_overload_in_latest_mode_keeps_memory_flat_latency_bounded_and_counts_dr
         assert launched.stop(signal.SIGINT) == 0
 
 
+def fusion_node(install, params: list[str], out) -> subprocess.Popen:
+    """The installed ``fusion_node`` executable on its own (as ``ros2 run`` or a supervisor starts it), on CPU,
+    with the inputs remapped to the probe's topics and ``-p`` ``params``; output to the file ``out``."""
+    exe = install / "moe_fusion_ros" / "lib" / "moe_fusion_ros" / "fusion_node"
+    args = ["--ros-args", "-p", "model.device:=cpu", *[a for p in params for a in ("-p", p)], "-r",
+            "thermal/image_raw:=/thermal/image_raw", "-r", "rgb/image_raw:=/camera/image_raw"]
+    return subprocess.Popen(["bash", "-c", f". {install}/setup.bash && exec {exe} " + " ".join(args)],
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def configure_errors(probe) -> list[str]:
+    """Messages of the node's ERROR statuses on /diagnostics that say configure failed."""
+    return [st.message for m in probe.messages("diagnostics") for st in m.status
+            if "moe_fusion" in st.name and st.level in (2, b"\x02") and "configure failed" in st.message]
+
+
+def test_a_failed_configure_reports_error_on_diagnostics_and_exits_with_code_1(colcon_install, probe, tmp_path):
+    """A wrong model.checkpoint with autostart: ERROR on /diagnostics naming the problem, then exit code 1 (what a
+    supervisor or a launch file's respawn acts on), not a live process that publishes nothing."""
+    probe.clear()
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = fusion_node(colcon_install, [f"model.checkpoint:={tmp_path / 'no_such_model'}"], out)
+        try:
+            rc = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 1, text[-3000:]
+    assert "configure failed" in text and "exiting with code 1" in text
+    errors = configure_errors(probe)
+    assert errors and all("no_such_model" in e for e in errors), probe.messages("diagnostics")[-3:]
+
+
+def test_with_exit_on_configure_failure_false_a_failed_node_waits_reports_error_and_a_retry_works(
+        colcon_install, probe, tmp_path):
+    probe.clear()
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = fusion_node(colcon_install, [f"model.checkpoint:={tmp_path / 'no_such_model'}",
+                                            "exit_on_configure_failure:=false", "model.warmup_iters:=0"], out)
+        try:
+            assert probe.wait(lambda: configure_errors(probe), 300), log.read_text()[-3000:]
+            time.sleep(3.0)
+            assert proc.poll() is None, log.read_text()[-3000:]  # still there, waiting for a retry
+            assert "no_such_model" in configure_errors(probe)[-1]  # and still reporting why
+            assert probe.lifecycle("/moe_fusion") == "unconfigured"
+            (r,) = probe.set_params("/moe_fusion", {"model.checkpoint": ""})  # fixed: the embedded model
+            assert r.successful, r.reason
+            assert probe.lifecycle("/moe_fusion", "configure") == "inactive", log.read_text()[-3000:]
+            assert probe.lifecycle("/moe_fusion", "activate") == "active"
+            probe.clear()
+            assert probe.wait(lambda: probe.diagnostics("inference") is not None, 10)
+            assert probe.diagnostics("inference")["_level"] != 2 and not configure_errors(probe)
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert rc == 0, log.read_text()[-3000:]
+
+
 @pytest.mark.parametrize("sig,when", [(signal.SIGINT, "configuring"), (signal.SIGTERM, "idle"),
                                       (signal.SIGINT, "fusing")])
 def test_a_signal_at_any_moment_ends_the_node_with_exit_code_0_and_no_traceback(colcon_install, probe, bag, sig,
                                                                                when, tmp_path):
     """The node started on its own (as `ros2 run` or a supervisor does), signalled while it loads the model,
     while it waits for input, and while it fuses a pair."""
-    import subprocess
-
     from ros_graph import Frames
 
-    exe = colcon_install / "moe_fusion_ros" / "lib" / "moe_fusion_ros" / "fusion_node"
-    args = ["--ros-args", "-p", "model.device:=cpu", "-p", "model.warmup_iters:=2", "-r",
-            "thermal/image_raw:=/thermal/image_raw", "-r", "rgb/image_raw:=/camera/image_raw"]
     log = tmp_path / "node.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(["bash", "-c", f". {colcon_install}/setup.bash && exec {exe} " + " ".join(args)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = fusion_node(colcon_install, ["model.warmup_iters:=2"], out)
         try:
             if when == "configuring":
                 probe.wait(lambda: log.stat().st_size > 0 or proc.poll() is not None, 60)

@@ -19,6 +19,7 @@ from ros_graph import fused_pairs
 MS = 1_000_000
 NS = 1_000_000_000
 WAIT = 240.0  # seconds to wait for outputs: generous, a CPU shared with other jobs may be slow
+MAX_SIDE = 224  # the node's model.max_side; the tests' reference fused images are made at the same
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def node(colcon_install, live_probe, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("node")
     params = params_file(tmp / "params.yaml", {"model.warmup_iters": 0, "processing.mode": "all",
-                                               "model.max_side": 224})
+                                               "model.max_side": MAX_SIDE})
     launched = Launched(colcon_install, {"device": "cpu", "params_file": str(params)}, tmp / "launch.log")
     try:
         assert live_probe.wait_for_node(300), f"node never became active:\n{launched.log()[-4000:]}"
@@ -55,7 +56,7 @@ def test_sample_bag_gives_every_intended_pair_once_with_the_rgb_header_at_the_rg
     assert probe.wait(lambda: len(probe.messages("status")) >= n and len(probe.messages("image")) >= n, WAIT), \
         f"{len(probe.messages('image'))} of {n} pairs published:\n{node.log()[-3000:]}"
     time.sleep(1.0)  # nothing more may come
-    pairs = fused_pairs(probe)
+    pairs = fused_pairs(probe, bag.oracle(truth["pairs"], MAX_SIDE))  # which frames, read from the pixels
     assert sorted(pairs) == sorted(truth["pairs"])  # every intended pair once, none wrong
     images = probe.messages("image")
     rgb_stamps = sorted(r for _, r in truth["pairs"])
@@ -81,13 +82,13 @@ def test_the_last_pair_is_published_when_the_inputs_stop_not_held_forever(node, 
         frames = Frames(bag)
         probe.clear()
         t0 = 1_800_000_000 * NS
-        probe.pub["rgb"].publish(frames.raw("rgb", t0))
-        probe.pub["thermal"].publish(frames.raw("thermal", t0 + 4 * MS))  # a closer thermal frame could still come
+        probe.pub["rgb"].publish(frames.raw("rgb", t0, 1))
+        probe.pub["thermal"].publish(frames.raw("thermal", t0 + 4 * MS, 1))  # a closer one could still come
         sent = time.monotonic()
         assert probe.wait(lambda: probe.messages("image"), WAIT), node.log()[-3000:]
         got = probe.received("image")[0]
         assert got.t - sent >= 2.0  # not before sync.idle_flush_s: a better partner could have come until then
-        assert fused_pairs(probe) == [(t0 + 4 * MS, t0)]
+        assert fused_pairs(probe, frames.oracle({(t0 + 4 * MS, t0): (1, 1)}, MAX_SIDE)) == [(t0 + 4 * MS, t0)]
     finally:
         set_ok(probe, sync__idle_flush_s=0.5)
 
@@ -98,10 +99,10 @@ def test_a_bag_played_twice_gives_all_pairs_both_times_and_the_jump_is_reported_
     for _ in range(2):  # the second play starts 0.84 s back in time, as `ros2 bag play` twice or --loop
         bag.play(probe)
     n = 2 * len(truth["pairs"])
-    assert probe.wait(lambda: len(probe.messages("status")) >= n, WAIT), \
-        f"{len(probe.messages('status'))} of {n}:\n{node.log()[-3000:]}"
+    assert probe.wait(lambda: len(probe.messages("image")) >= n, WAIT), \
+        f"{len(probe.messages('image'))} of {n}:\n{node.log()[-3000:]}"
     time.sleep(1.0)
-    assert sorted(fused_pairs(probe)) == sorted(list(truth["pairs"]) * 2)
+    assert sorted(fused_pairs(probe, bag.oracle(truth["pairs"], MAX_SIDE))) == sorted(list(truth["pairs"]) * 2)
     assert probe.wait(lambda: (probe.diagnostics("sync") or {}).get("time jumps (pairing reset)", "0") != "0", 10)
     sync = probe.diagnostics("sync")
     jumps = int(sync["time jumps (pairing reset)"])
@@ -131,13 +132,15 @@ def test_parameters_set_at_run_time_act_on_the_next_pair_and_bad_ones_are_refuse
         set_ok(probe, sync__slop=0.001, output__color=False)
         probe.clear()
         t1 = t0 + 10 * NS
-        probe.pub["rgb"].publish(frames.raw("rgb", t1))
-        probe.pub["thermal"].publish(frames.raw("thermal", t1 + 3 * MS))  # 3 ms apart > 1 ms
-        probe.pub["rgb"].publish(frames.raw("rgb", t1 + 100 * MS))
-        probe.pub["thermal"].publish(frames.raw("thermal", t1 + 100 * MS + 500_000))  # 0.5 ms apart
+        probe.pub["rgb"].publish(frames.raw("rgb", t1, 2))
+        probe.pub["thermal"].publish(frames.raw("thermal", t1 + 3 * MS, 2))  # 3 ms apart > 1 ms
+        probe.pub["rgb"].publish(frames.raw("rgb", t1 + 100 * MS, 3))
+        probe.pub["thermal"].publish(frames.raw("thermal", t1 + 100 * MS + 500_000, 3))  # 0.5 ms apart
         assert probe.wait(lambda: probe.messages("image"), WAIT)
         time.sleep(2.0)  # idle flush done, nothing else may come
-        assert fused_pairs(probe) == [(t1 + 100 * MS + 500_000, t1 + 100 * MS)]
+        oracle = frames.oracle({(t1 + 3 * MS, t1): (2, 2), (t1 + 100 * MS + 500_000, t1 + 100 * MS): (3, 3)},
+                               MAX_SIDE)
+        assert fused_pairs(probe, oracle) == [(t1 + 100 * MS + 500_000, t1 + 100 * MS)]
         assert probe.messages("image")[0].encoding == "mono8"
         # refused, with the reason
         (r,) = probe.set_params("/moe_fusion", {"sync.slop": 5.0})
@@ -169,19 +172,19 @@ def test_bad_frames_are_counted_logged_and_the_good_pairs_still_published(node, 
     probe.clear()
     before = node.log().count("frame skipped")
     t0 = 1_820_000_000 * NS
-    good = []
+    good = {}
     for k, fields in enumerate(bad.values()):
         s = t0 + k * 200 * MS
         probe.pub["rgb"].publish(frames.raw("rgb", s))
         probe.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS, **fields))
         s += 100 * MS
-        probe.pub["rgb"].publish(frames.raw("rgb", s))
-        probe.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS))
-        good.append((s + 2 * MS, s))
+        probe.pub["rgb"].publish(frames.raw("rgb", s, k + 1))  # each good pair a different picture
+        probe.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS, k + 1))
+        good[(s + 2 * MS, s)] = (k + 1, k + 1)
         time.sleep(0.05)
-    assert probe.wait(lambda: len(probe.messages("status")) >= len(good), WAIT), node.log()[-3000:]
+    assert probe.wait(lambda: len(probe.messages("image")) >= len(good), WAIT), node.log()[-3000:]
     time.sleep(2.0)
-    assert sorted(fused_pairs(probe)) == sorted(good)
+    assert sorted(fused_pairs(probe, frames.oracle(good, MAX_SIDE))) == sorted(good)
 
     def skipped() -> dict[str, str]:
         d = probe.diagnostics("inference") or {}
@@ -244,12 +247,12 @@ def test_best_effort_and_reliable_cameras_both_work_with_auto_qos(node, probe, b
         t0 = 1_840_000_000 * NS
         for k, camera in enumerate((be, probe, be)):  # pairs from the best-effort and the reliable cameras
             s = t0 + k * 200 * MS
-            camera.pub["rgb"].publish(frames.raw("rgb", s))
-            camera.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS))
+            camera.pub["rgb"].publish(frames.raw("rgb", s, k))
+            camera.pub["thermal"].publish(frames.raw("thermal", s + 2 * MS, k))
             time.sleep(0.1)
-        want = [(t0 + k * 200 * MS + 2 * MS, t0 + k * 200 * MS) for k in range(3)]
-        assert probe.wait(lambda: len(probe.messages("status")) >= 3, WAIT), node.log()[-3000:]
-        assert sorted(fused_pairs(probe)) == want
+        want = {(t0 + k * 200 * MS + 2 * MS, t0 + k * 200 * MS): (k, k) for k in range(3)}
+        assert probe.wait(lambda: len(probe.messages("image")) >= 3, WAIT), node.log()[-3000:]
+        assert sorted(fused_pairs(probe, frames.oracle(want, MAX_SIDE))) == sorted(want)
     finally:
         be.close()
 

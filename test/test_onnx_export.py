@@ -10,6 +10,7 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install -r requirements-dev.txt)")
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install -r requirements-dev.txt)")
 
+from content import assert_real_picture, assert_same_picture  # noqa: E402
 from real_pairs import msrs_pairs  # noqa: E402
 
 from moe_fusion_core.engine import DEFAULT_MODEL_DIR, FusionEngine  # noqa: E402
@@ -59,7 +60,8 @@ def test_onnxruntime_matches_pytorch_on_real_pairs(graph, data_dir, size):
     matched = 0
     for ir, vis in _pairs(data_dir, size):
         a, b = ort.fuse(ir, vis), ref.fuse(ir, vis)
-        assert np.abs(a.fused.astype(int) - b.fused.astype(int)).max() <= 1
+        assert_real_picture(b.fused, *ref.prepare(ir, vis))  # real content, not zeros against zeros
+        assert_same_picture(a.fused, b.fused, "ONNX Runtime vs PyTorch")
         for k in b.gates:
             np.testing.assert_allclose(a.gates[k], b.gates[k], atol=1e-4)
         assert len(a.detections) == len(b.detections)
@@ -112,3 +114,53 @@ def test_a_torch_checkpoint_on_the_onnxruntime_backend_is_exported_once_into_the
     ref = FusionEngine(untrained_model, device="cpu", detections=False)
     for ir, vis in _pairs(data_dir, (160, 128)):
         assert np.abs(again.fuse(ir, vis).fused.astype(int) - ref.fuse(ir, vis).fused.astype(int)).max() <= 1
+
+
+def test_the_onnx_cache_is_rebuilt_when_the_weights_the_config_or_any_export_option_change(untrained_model,
+                                                                                          tmp_path, monkeypatch):
+    """The cache key covers everything the graph depends on; an unchanged checkpoint reuses its graph. (The
+    export itself is recorded, not run: test_a_torch_checkpoint_... above runs a real one.)"""
+    import shutil
+
+    import yaml
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    import moe_fusion_core.onnx_export as ox
+
+    exports = []
+
+    def record(model, cfg, out, **options):
+        exports.append(options)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(b"graph")
+        return Path(out)
+
+    monkeypatch.setattr(ox, "export_onnx", record)
+    ckpt, cache = tmp_path / "model", tmp_path / "cache"
+    shutil.copytree(untrained_model, ckpt)
+
+    def exported(variants=(True,), **options) -> int:
+        before = len(exports)
+        ox.cached_exports(ckpt, variants, cache, **options)
+        return len(exports) - before
+
+    assert exported() == 1 and exported() == 0  # exported once, then reused
+    for option, value in {"size": (320, 240), "batch": 2, "dynamic": False, "moe": "dense"}.items():
+        assert exported(**{option: value}) == 1, option
+        assert exports[-1][option] == value and exported(**{option: value}) == 0, option
+    assert exported((False,)) == 1 and exports[-1]["fused_only"] is False  # the graph with detections
+    cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+    cfg["model"]["detector"]["score_threshold"] = 0.55  # same weights, another config
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert exported() == 1 and exported() == 0
+    weights = ckpt / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(weights))
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] + 0.01  # same config, other weights
+    save_file(tensors, str(weights), metadata=meta)
+    assert exported() == 1 and exported() == 0
+    with pytest.raises(ValueError, match="unknown export option"):
+        ox.cached_exports(ckpt, (True,), cache, opset=18)

@@ -12,7 +12,7 @@ import pytest
 from moe_fusion_ros.latest import BufferClosed, FifoBuffer, LatestSlot, make_buffer
 from moe_fusion_ros.pipeline import FusionPipeline
 from moe_fusion_ros.sync import RGB, THERMAL
-from moe_fusion_ros.thermal import image_from_array
+from moe_fusion_ros.thermal import image_from_array, stamp_ns
 
 T0 = 1_700_000_000 * 1_000_000_000
 MS = 1_000_000
@@ -70,6 +70,38 @@ def test_pipeline_pairs_decodes_fuses_and_builds_messages(engine):
     lat = pipe.latency_summary()
     assert {"sync", "decode", "inference", "messages", "total"} <= set(lat)
     assert lat["total"]["p95_ms"] >= lat["total"]["p50_ms"] > 0
+
+
+def test_the_published_image_is_the_engines_fused_image_of_that_pair(sample_dir):
+    """The shipped model on the sample bag's real pairs (each frame a different picture): the outgoing image is
+    the engine's fused image of the very pair offered (within 1 grey level), read from its pixels; grey and
+    colour output alike."""
+    import json
+
+    from content import PairOracle, assert_same_picture, pixels, reference_engine
+    from rosbags.rosbag2 import Reader
+
+    from moe_fusion_core.engine import color_fusion
+    from moe_fusion_ros.msg_defs import typestore_for
+
+    ts = typestore_for("jazzy")
+    gt = json.loads((sample_dir / "bag.groundtruth.json").read_text())
+    by_stamp = {}
+    with Reader(sample_dir / "bag") as r:
+        for c, _, raw in r.messages(connections=[c for c in r.connections if c.msgtype.endswith("/Image")]):
+            m = ts.deserialize_cdr(raw, c.msgtype)
+            by_stamp[stamp_ns(m)] = m
+    pairs = [(p["thermal_stamp_ns"], p["rgb_stamp_ns"]) for p in gt["pairs"][:3]]
+    oracle = PairOracle(reference_engine(), {p: (pixels(by_stamp[p[0]]), pixels(by_stamp[p[1]])) for p in pairs})
+    pipe = FusionPipeline(reference_engine(), detections=False)
+    for t, r in pairs:
+        out = pipe.process(by_stamp[t], by_stamp[r])
+        assert oracle.identify(pixels(out.image)) == (t, r)
+    pipe.color = True
+    t, r = pairs[0]
+    out = pipe.process(by_stamp[t], by_stamp[r])
+    assert out.image["encoding"] == "rgb8"
+    assert_same_picture(pixels(out.image), color_fusion(oracle.refs[(t, r)], pixels(by_stamp[r])), "colour image")
 
 
 def test_bad_frames_are_counted_and_skipped_and_sizes_may_differ(engine):
@@ -151,9 +183,34 @@ def test_node_path_benchmark_prints_a_row_per_size_and_thermal_type(data_dir):
                            "--pair-dir", str(data_dir / "msrs")], cwd=repo, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 160x120")]
-    assert len(rows) == 2 and "mono8" in rows[0] and "mono16" in rows[1]
-    assert all(float(r.split("|")[3]) > 0 for r in rows)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in proc.stdout.splitlines()
+            if line.startswith("| 160x120")]
+    assert [r[1] for r in rows] == ["mono8", "mono16"]
+    assert all(float(r[3]) > 0 and r[6] == "0" for r in rows)  # p50 ms, no failed pair
+    try:
+        import sensor_msgs.msg  # noqa: F401
+    except ImportError:
+        assert all(r[2] == "no" for r in rows)
+    else:  # ROS 2 sourced: the conversion into rclpy messages is part of the timed path
+        assert all(r[2] == "yes" for r in rows)
+
+
+def test_node_path_benchmark_counts_failed_pairs_instead_of_timing_them(sample_dir):
+    import importlib.util
+    from pathlib import Path
+
+    from moe_fusion_core.image_io import read_ir, read_vis
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_node_path.py"
+    spec = importlib.util.spec_from_file_location("bench_node_path", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ir = read_ir(sample_dir / "pairs" / "ir" / "0111_1753_0000.png")
+    vis = read_vis(sample_dir / "pairs" / "vis" / "0111_1753_0000.png")
+    times, failed = bench.node_path_ms(ir, vis, 3)
+    assert len(times) == 3 and failed == 0
+    times, failed = bench.node_path_ms(ir[:, :100], vis, 3)  # a thermal aspect the registration refuses
+    assert times == [] and failed == 4
 
 
 def camera_info_msg(stamp: int, width: int, height: int, fx: float) -> SimpleNamespace:

@@ -258,3 +258,59 @@ def test_output_bag_metadata_follows_the_distro(tmp_path, checkpoint, distro, ve
     # Humble's rosbag2 reads offered_qos_profiles as a string; version 9 writes a list
     assert all(isinstance(t["topic_metadata"]["offered_qos_profiles"], qos_type) for t in topics.values())
     assert len(read_bag(tmp_path / "out")["/fused/detections"]) == 2
+
+
+@pytest.fixture(scope="module")
+def sample_bag(sample_dir):
+    """The repository's sample bag: its messages by topic and its intended (thermal stamp, rgb stamp) pairs."""
+    gt = json.loads((sample_dir / "bag.groundtruth.json").read_text())
+    return {"path": sample_dir / "bag", "msgs": read_bag(sample_dir / "bag"),
+            "pairs": {(p["thermal_stamp_ns"], p["rgb_stamp_ns"]) for p in gt["pairs"]}}
+
+
+def test_replayed_images_are_the_engines_fused_images_of_the_intended_pairs_and_the_metrics_the_modules(
+        sample_bag, tmp_path):
+    """The shipped model: each image written to the output bag is the engine's fused image of the pair its pixels
+    show (within 1 grey level), that pair is one of the ground truth's, each intended pair once; the report's
+    metric means are the metric module's scores of those images."""
+    from content import PairOracle, pixels, reference_engine
+
+    from moe_fusion_core.engine import DEFAULT_MODEL_DIR
+    from moe_fusion_core.image_io import rgb_to_luma
+    from moe_fusion_core.metrics.fusion import METRIC_NAMES, score_all
+
+    code, rep = replay(sample_bag["path"], tmp_path / "fused", DEFAULT_MODEL_DIR)
+    assert code == 0 and rep["metrics_reason"] is None
+    frames = {key: {stamp(m): pixels(m) for _, m in sample_bag["msgs"][topic]} for key, topic in
+              (("thermal", TH), ("rgb", CAM))}
+    candidates = {(t, r): (frames["thermal"][t], frames["rgb"][r]) for t, r in sample_bag["pairs"]}
+    oracle = PairOracle(reference_engine(), candidates)
+    shown = []
+    for _, m in read_bag(tmp_path / "fused")["/fused/image"]:
+        pair = oracle.identify(pixels(m))
+        assert stamp(m) == pair[1]
+        shown.append(pair)
+    assert sorted(shown) == sorted(sample_bag["pairs"])
+    scores = [score_all(oracle.refs[p], candidates[p][0], rgb_to_luma(candidates[p][1]), "paper") for p in shown]
+    mean = rep["metrics"]["mean"]
+    assert rep["metrics"]["pairs"] == len(shown) and set(mean) == set(METRIC_NAMES)
+    for k in METRIC_NAMES:
+        assert mean[k] is not None and mean[k] == pytest.approx(np.mean([s[k] for s in scores]), rel=1e-3), k
+
+
+def test_a_pair_whose_metrics_cannot_be_scored_fails_the_replay_and_is_named(sample_bag, tmp_path, monkeypatch,
+                                                                           capsys):
+    import moe_fusion_core.metrics.fusion as fm
+    from moe_fusion_core.engine import DEFAULT_MODEL_DIR
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("a metric bug")
+
+    monkeypatch.setattr(fm, "score_all", broken)
+    code, rep = replay(sample_bag["path"], tmp_path / "fused", DEFAULT_MODEL_DIR, "--max-pairs", "1")
+    first = min(sample_bag["pairs"], key=lambda p: p[1])
+    name = f"rgb {first[1] // 10**9}.{first[1] % 10**9:09d}"
+    assert code == 1 and rep["fused"] == 1
+    assert rep["metrics"] is None and rep["metrics_reason"].startswith(f"scoring pair {name} + thermal")
+    assert "FloatingPointError: a metric bug" in rep["metrics_reason"]
+    assert f"fusion metrics: scoring pair {name}" in capsys.readouterr().err

@@ -12,7 +12,9 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from content import assert_real_picture
 
+from moe_fusion_core.engine import DEFAULT_MODEL_DIR
 from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
 from moe_fusion_core.metrics.fusion import score_all
 from moe_fusion_core.report import CHART_HEIGHT, PANEL_HEIGHT, contact_sheet
@@ -74,10 +76,18 @@ def small_pairs(sample_dir, tmp_path_factory) -> Path:
     return root
 
 
-def test_fuse_html_report_shows_every_pair_with_latency_and_its_metrics(small_pairs, untrained_model, tmp_path, capsys):
+def fuse_with_report(small_pairs: Path, out: Path, pages: Path) -> int:
+    """``moe-fusion fuse --html-report`` of the three small pairs with the shipped model."""
+    return main(["fuse", "--ir", str(small_pairs / "ir"), "--vis", str(small_pairs / "vis"), "--out", str(out),
+                 "--checkpoint", str(DEFAULT_MODEL_DIR), "--device", "cpu", "--no-progress", "--html-report",
+                 str(pages)])
+
+
+def test_fuse_html_report_shows_every_pair_with_latency_and_its_metrics(small_pairs, tmp_path, capsys):
+    """The shipped model (real fused images): each pair's metric row is the metric module's score of the written
+    fused image, and the page's mean row is the mean of those rows."""
     out, pages = tmp_path / "fused", tmp_path / "html"
-    rc = main(["fuse", "--ir", str(small_pairs / "ir"), "--vis", str(small_pairs / "vis"), "--out", str(out),
-               "--checkpoint", str(untrained_model), "--device", "cpu", "--no-progress", "--html-report", str(pages)])
+    rc = fuse_with_report(small_pairs, out, pages)
     assert rc == 0
     assert f"report: {pages / 'index.html'}" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -86,6 +96,7 @@ def test_fuse_html_report_shows_every_pair_with_latency_and_its_metrics(small_pa
     assert all(v["count"] == 3 and v["p95_ms"] >= v["p50_ms"] > 0 for v in summary["latency_ms"].values())
     page = (pages / "index.html").read_text()
     tags = {r["stem"]: r["light"] for r in csv.DictReader((small_pairs / "meta.csv").read_text().splitlines())}
+    rows = []
     for stem in ("0111_1753_0000", "0111_1803_0000", "0117_1620_v0287"):
         sheet = cv2.imread(str(pages / "sheets" / f"{stem}.jpg"))
         assert sheet.shape == (24 + 20 + PANEL_HEIGHT + CHART_HEIGHT, 4 * 320 + 3 * 4, 3)
@@ -94,10 +105,37 @@ def test_fuse_html_report_shows_every_pair_with_latency_and_its_metrics(small_pa
         # the metric row is the score of the written fused image against the sources
         fused = cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         ir, vis = read_ir(small_pairs / "ir" / f"{stem}.png"), read_vis(small_pairs / "vis" / f"{stem}.png")
+        assert_real_picture(fused, ir, vis)
         s = score_all(fused, ir, rgb_to_luma(vis), "paper")
+        rows.append(s)
         assert f"<tr><td>{html.escape(stem)}</td><td>{s['EN']:.3g}</td><td>{s['SF']:.3g}</td>" in page
+    mean = {k: np.mean([r[k] for r in rows]) for k in ("EN", "SF")}
+    assert f"<tr><td>mean</td><td>{mean['EN']:.3g}</td><td>{mean['SF']:.3g}</td>" in page
     for stage in ("read", "inference", "total"):
         assert f"<td>{stage}</td>" in page
+
+
+def test_a_pair_whose_metrics_cannot_be_scored_makes_fuse_exit_1_and_is_named(small_pairs, tmp_path, capsys,
+                                                                              monkeypatch):
+    import re
+
+    import moe_fusion_core.metrics.fusion as fm
+
+    calls = []
+
+    def second_pair_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise FloatingPointError("a metric bug")
+        return score_all(*args, **kwargs)
+
+    monkeypatch.setattr(fm, "score_all", second_pair_fails)
+    out = tmp_path / "fused"
+    assert fuse_with_report(small_pairs, out, tmp_path / "html") == 1
+    m = re.search(r"error: fusion metrics: scoring pair (\S+) failed: FloatingPointError: a metric bug",
+                  capsys.readouterr().err)
+    assert m and (small_pairs / "ir" / f"{m.group(1)}.png").is_file()  # a real pair's name
+    assert len(list(out.glob("*.png"))) == 3  # the outputs are still written
 
 
 def test_html_report_onto_an_existing_file_is_refused_and_the_file_kept(small_pairs, untrained_model, tmp_path, capsys):

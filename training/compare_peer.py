@@ -8,7 +8,8 @@ images (``training/make_split_view.py``); the peer's per-image metrics (same met
 ``../shared/data/peers/README.md``) are averaged over exactly the pairs our evaluation scored. Prints, per mode,
 the means of our model, the peer, average and max fusion, the difference to the peer, and how many of the eight
 metrics reach the peer's level and beat both baselines. Also checks that our average/max baselines reproduce the
-peer file's (the two metric implementations agree) and reports the largest difference.
+peer file's (the two metric implementations agree): the largest difference is reported, and the exit code is 1
+when it exceeds ``--baseline-tolerance`` (then the comparison with the peer means nothing).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moe_fusion_core.metrics.fusion import METRIC_NAMES
+
+BASELINE_TOLERANCE = 1e-6  # the two implementations agree to ~1e-9 (MODEL_CARD.md)
 
 
 def _mean(per_image: dict[str, dict[str, float]], keys: list[str], metric: str) -> float:
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-dataset", action="store_true", help="also one table per dataset folder")
     ap.add_argument("--markdown", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--baseline-tolerance", type=float, default=BASELINE_TOLERANCE,
+                    help="largest allowed |our baseline mean - the peer file's| (default %(default)g)")
     args = ap.parse_args(argv)
     ours, peer = json.loads(args.eval.read_text()), json.loads(args.peer.read_text())
     text, summary = compare(ours, peer, args.peer_name)
@@ -87,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(text + "\n")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
+    bad = [f"{scope} {mode}: {s['baseline_check_max_abs_diff']:.3g}" for scope, modes in out.items()
+           for mode, s in modes.items() if not s["baseline_check_max_abs_diff"] <= args.baseline_tolerance]
+    if bad:
+        print(f"error: our average/max baselines disagree with the peer file's beyond {args.baseline_tolerance:g} "
+              f"({'; '.join(bad)}): the metric code or the grey sources differ, so the comparison is invalid",
+              file=sys.stderr)
+        return 1
     return 0
 
 
