@@ -129,3 +129,37 @@ def test_auto_qos_matches_every_publisher_present():
     assert matching_qos([("reliable", "volatile"), ("best_effort", "volatile")]) == ("best_effort", "volatile")
     assert matching_qos([("reliable", "transient_local")] * 2) == ("reliable", "transient_local")
     assert matching_qos([("reliable", "transient_local"), ("reliable", "volatile")]) == ("reliable", "volatile")
+
+
+def test_a_dropped_frame_of_a_slow_stream_is_not_a_missing_camera():
+    """A 20 Hz rig played at a tenth of its rate (2 Hz): one dropped RGB frame is a 1 s gap, longer than the
+    0.5 s timeout but only two of its frame intervals; a camera that really stops is missing after 3 intervals."""
+    clock = Clock()
+    f, changes = front(clock, missing_timeout_s=0.5)
+    got = []
+    for k in range(12):
+        clock.t = 1_000 * MS + k * 500 * MS
+        got += f.offer(THERMAL, msg(T0 + k * 500 * MS + 2 * MS, f"t{k}"))
+        if k != 6:  # RGB frame 6 dropped
+            got += f.offer(RGB, msg(T0 + k * 500 * MS, f"r{k}"))
+        clock.t += 250 * MS
+        got += f.tick()
+    assert not [g for g in got if isinstance(g, Single)] and changes == []
+    assert f.monitor.timeout(RGB) == 1_500 * MS and f.monitor.timeout(THERMAL) == 1_500 * MS
+    assert len([g for g in got if isinstance(g, Pair)]) >= 10
+    for k in range(12, 18):  # now the RGB camera stops for good: missing after 3 intervals (1.5 s)
+        clock.t = 1_000 * MS + k * 500 * MS
+        got += f.offer(THERMAL, msg(T0 + k * 500 * MS + 2 * MS, f"t{k}"))
+    assert changes == [(None, RGB)]
+    assert InputMonitor(0.5).timeout(RGB) == 500 * MS
+
+
+def test_at_a_high_rate_the_configured_timeout_still_applies():
+    m = InputMonitor(0.5)
+    for k in range(20):  # 20 Hz: 3 intervals = 150 ms < 0.5 s
+        m.seen(RGB, k * 50 * MS)
+        m.seen(THERMAL, k * 50 * MS + MS)
+    assert m.timeout(RGB) == 500 * MS
+    for k in range(20, 32):  # thermal stops after 951 ms, RGB goes on
+        m.seen(RGB, k * 50 * MS)
+    assert m.missing(1_400 * MS) is None and m.missing(1_550 * MS) == THERMAL
