@@ -76,6 +76,13 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
     ParamSpec("registration.homography", list(IDENTITY), "double_array",
               "3x3 thermal-to-RGB pixel homography, row-major (identity: resize the thermal image to the RGB "
               "size); estimate it with 'moe-fusion register'"),
+    ParamSpec("registration.auto", False, "bool",
+              "estimate the homography from the incoming pairs and apply it once confident (a low-confidence "
+              "estimate is never applied); set it to true again to re-estimate"),
+    ParamSpec("registration.auto_max_frames", 10, "int", "registration.auto: pairs tried before giving up",
+              range=(1, 1000)),
+    ParamSpec("registration.auto_timeout_s", 120.0, "double", "registration.auto: seconds before giving up",
+              range=(1.0, 3600.0)),
     ParamSpec("thermal.norm.mode", "percentile", "string", "16-bit/float thermal to 8-bit window",
               choices=MODES),
     ParamSpec("thermal.norm.lo", 0.0, "double", "fixed window low end (raw units)"),
@@ -133,6 +140,9 @@ class FusionParams:
     inputs_missing_timeout_s: float
     inputs_single_modality: bool
     registration_homography: tuple[float, ...]
+    registration_auto: bool
+    registration_auto_max_frames: int
+    registration_auto_timeout_s: float
     thermal_norm_mode: str
     thermal_norm_lo: float
     thermal_norm_hi: float
