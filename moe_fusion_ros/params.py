@@ -68,8 +68,8 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
               "when no input message arrived for this long (node clock; also when a bag's /clock stops), the "
               "pairs still waiting are published", range=(0.01, 60.0)),
     ParamSpec("inputs.missing_timeout_s", 0.5, "double",
-              "an input silent this long while the other streams is reported missing (diagnostics WARN, "
-              "fused/status)", range=(0.01, 60.0)),
+              "an input silent this long (or 3 of its recent frame intervals, if longer) while the other "
+              "streams is reported missing (diagnostics WARN, fused/status)", range=(0.01, 60.0)),
     ParamSpec("inputs.single_modality", True, "bool",
               "while one input is missing, fuse the other alone with the missing image blank (false: publish "
               "nothing until both stream)"),
