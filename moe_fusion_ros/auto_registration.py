@@ -54,10 +54,10 @@ class AutoRegistration:
             self._t0, self._last, self._busy = self.clock(), -float("inf"), False
 
     def stop(self) -> None:
+        """``registration.auto: false``: abandon a run in flight; the state reads ``off`` again."""
         with self._lock:
             self._run += 1
-            if self.state == RUNNING:
-                self.state, self.reason = IDLE, "stopped"
+            self.state, self.result, self.reason = IDLE, None, ""
 
     def wants(self) -> bool:
         """Whether the next pair should be offered (running, none in flight, ``min_gap_s`` since the last)."""

@@ -134,6 +134,8 @@ def test_auto_registration_applies_only_a_confident_estimate():
     vals = dict(a.values())
     assert vals["registration.auto"] == "applied" and vals["registration.homography"].startswith("[1.5, 0, 0,")
     assert not a.wants()
+    a.stop()
+    assert a.state == "off" and dict(a.values())["registration.auto"] == "off"
 
 
 def test_auto_registration_gives_up_after_max_frames_or_timeout_and_restarts():

@@ -347,7 +347,7 @@ def test_registration_auto_recovers_a_warped_thermal_camera_and_the_fused_image_
         assert probe.wait(lambda: len(probe.messages("status")) >= 15, WAIT), node.log()[-3000:]
         time.sleep(1.0)
         after = alignment()
-        assert after > before + 0.1 and after > 0.5, (before, after)
+        assert after > before + 0.15 and after > 0.3, (before, after)  # misaligned ~0.1, aligned 0.4-0.7
     finally:
         set_ok(probe, registration__auto=False, model__detections=True,
                registration__homography=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
