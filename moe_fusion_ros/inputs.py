@@ -60,8 +60,8 @@ class InputMonitor:
     """Arrival times of each input on a caller-supplied clock (ns), and which input is missing.
 
     An input is missing after a silence longer than the larger of ``missing_timeout_s`` and ``missing_intervals``
-    × the median of its recent frame intervals, so that one dropped frame of a slow stream (a bag played at a
-    tenth of its rate, a 2 Hz camera) is not a dead camera."""
+    × the median of its recent frame intervals (the other input's until it has two frames), so that one dropped
+    frame of a slow stream (a bag played at a tenth of its rate, a 2 Hz camera) is not a dead camera."""
 
     RECENT = 9  # intervals in the median
 
@@ -78,8 +78,10 @@ class InputMonitor:
         self.timeout_ns = round(missing_timeout_s * NS)
 
     def timeout(self, stream: str) -> int:
-        """The silence (ns) after which ``stream`` counts as missing, from its recent frame rate."""
-        iv = self.intervals[stream]
+        """The silence (ns) after which ``stream`` counts as missing, from its recent frame rate (after its first
+        frame and before it has a rate, the other input's: a slow rig whose second thermal frame was dropped is
+        still starting; an input never seen gets ``missing_timeout_s``)."""
+        iv = self.intervals[stream] or (self.intervals[other(stream)] if self.last[stream] is not None else ())
         return max(self.timeout_ns, round(self.missing_intervals * median(iv))) if iv else self.timeout_ns
 
     def seen(self, stream: str, now_ns: int) -> None:

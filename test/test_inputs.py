@@ -154,6 +154,24 @@ def test_a_dropped_frame_of_a_slow_stream_is_not_a_missing_camera():
     assert InputMonitor(0.5).timeout(RGB) == 500 * MS
 
 
+def test_before_an_input_has_a_rate_the_other_inputs_rate_is_used():
+    """The sample bag at a tenth of its rate: its second thermal frame comes 0.68 s after the first (one dropped)
+    while RGB frames come every 0.4 s: thermal is not missing."""
+    m = InputMonitor(0.5)
+    m.seen(RGB, 0)
+    m.seen(RGB, 426 * MS)
+    assert m.timeout(THERMAL) == 500 * MS  # never seen: the configured timeout
+    m.reset()
+    m.seen(RGB, 0)
+    m.seen(THERMAL, 133 * MS)
+    m.seen(RGB, 426 * MS)
+    m.seen(RGB, 802 * MS)
+    assert m.timeout(THERMAL) == 1_203 * MS  # 3 x the RGB median interval (401 ms)
+    assert m.missing(802 * MS) is None
+    m.seen(THERMAL, 810 * MS)
+    assert m.timeout(THERMAL) == 3 * 677 * MS  # now its own
+
+
 def test_at_a_high_rate_the_configured_timeout_still_applies():
     m = InputMonitor(0.5)
     for k in range(20):  # 20 Hz: 3 intervals = 150 ms < 0.5 s
