@@ -325,15 +325,13 @@ def test_registration_auto_recovers_a_warped_thermal_camera_and_the_fused_image_
         time.sleep(1.0)
         before = alignment()
         set_ok(probe, registration__auto_timeout_s=600.0, registration__auto=True)
-        state = {}
-        deadline = time.monotonic() + 2 * WAIT
-        while time.monotonic() < deadline:
+        state: dict = {}
+        deadline = time.monotonic() + 3 * WAIT
+        while time.monotonic() < deadline and state.get("registration.auto") in (None, "estimating"):
             probe.clear()
-            play()
-            time.sleep(0.5)
+            play()  # the node takes a pair every 0.5 s while estimating
+            probe.wait(lambda: len(probe.messages("status")) >= 15, WAIT)
             state = {kv.key: kv.value for m in probe.messages("status")[-1:] for kv in m.status[0].values}
-            if state.get("registration.auto") != "estimating":
-                break
         assert state.get("registration.auto") == "applied", (state, node.log()[-3000:])
         h = np.array([float(x) for x in state["registration.homography"].strip("[]").split(",")]).reshape(3, 3)
         err = autoreg.corner_error(h, h_true, size)
