@@ -97,13 +97,16 @@ class InputMonitor:
         return last is not None and now_ns - last <= self.timeout(stream)
 
     def missing(self, now_ns: int) -> str | None:
-        """The input that has been silent (or never came) for longer than its timeout while the other one streams."""
+        """The input that has been silent (or never came) for longer than its timeout while the other one streams
+        (it sent a frame after that timeout: two cameras that stop together are a stopped rig, whatever their
+        rates)."""
         for s in STREAMS:
             o = other(s)
             if not self.live(o, now_ns) or self.live(s, now_ns):
                 continue
             since = max(t for t in (self.last[s], self.streak[o]) if t is not None)
-            if now_ns - since > self.timeout(s):
+            deadline = since + self.timeout(s)
+            if now_ns > deadline and self.last[o] > deadline:  # the other still sent after s was due
                 return s
         return None
 

@@ -181,3 +181,39 @@ def test_at_a_high_rate_the_configured_timeout_still_applies():
     for k in range(20, 32):  # thermal stops after 951 ms, RGB goes on
         m.seen(RGB, k * 50 * MS)
     assert m.missing(1_400 * MS) is None and m.missing(1_550 * MS) == THERMAL
+
+
+def test_the_sample_bag_at_a_tenth_of_its_rate_with_a_dropped_rgb_frame_pairs_without_singles(data_dir, truth):
+    """The real sample bag's arrival times × 10 (as `ros2 bag play --rate 0.1`), one RGB frame of an intended pair
+    left out: every other intended pair is made and nothing is fused alone (the old 0.5 s rule fused 3 alone)."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    with Reader(data_dir / "bags" / "sample_small") as r:
+        msgs = [(THERMAL if "thermal" in c.topic else RGB, t, ts.deserialize_cdr(raw, c.msgtype))
+                for c, t, raw in r.messages() if c.topic.endswith("image_raw")]
+    rgb = [i for i, (k, _, _) in enumerate(msgs) if k == RGB]
+    drop = rgb[len(rgb) // 2]
+    clock = Clock()
+    f, changes = front(clock, missing_timeout_s=0.5)
+    out, start = [], clock.t
+    for i, (key, t, m) in enumerate(msgs):
+        arrival = start + (t - msgs[0][1]) * 10
+        while clock.t + 50 * MS < arrival:  # the node's 20 Hz tick
+            clock.t += 50 * MS
+            out += f.tick()
+        clock.t = arrival
+        if i != drop:
+            out += f.offer(key, m)
+    for _ in range(40):
+        clock.t += 50 * MS
+        out += f.tick()
+    pairs = {(p.thermal_stamp_ns, p.rgb_stamp_ns) for p in out if isinstance(p, Pair)}
+    lost = {p for p in truth["pairs"] if p[1] == stamp(msgs[drop][2])}
+    assert len(lost) == 1 and pairs == truth["pairs"] - lost
+    assert not [o for o in out if isinstance(o, Single)] and changes == []
+
+
+def stamp(m) -> int:
+    return m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
