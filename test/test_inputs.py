@@ -185,7 +185,7 @@ def test_at_a_high_rate_the_configured_timeout_still_applies():
 
 def test_the_sample_bag_at_a_tenth_of_its_rate_with_a_dropped_rgb_frame_pairs_without_singles(data_dir, truth):
     """The real sample bag's arrival times × 10 (as `ros2 bag play --rate 0.1`), one RGB frame of an intended pair
-    left out: every other intended pair is made and nothing is fused alone (the old 0.5 s rule fused 3 alone)."""
+    left out: every other intended pair is made and nothing is fused alone (a fixed 0.5 s rule loses pairs)."""
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
 
