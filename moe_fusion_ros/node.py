@@ -397,7 +397,8 @@ class FusionNode(LifecycleNode):
         log = self.get_logger()
         single = self.params is not None and self.params.inputs_single_modality
         if now is not None:
-            log.warning(f"{now} input missing (nothing for {self.params.inputs_missing_timeout_s} s while {other(now)}"
+            gap = self.front.monitor.timeout(now) / 1e9 if self.front is not None else 0.0
+            log.warning(f"{now} input missing (nothing for {gap:.2g} s while {other(now)}"
                         f" streams): " + (f"publishing {other(now)} alone" if single else "publishing nothing"))
         elif before is not None:
             log.info(f"{before} input back: fusing pairs again")
