@@ -297,15 +297,23 @@ def test_registration_auto_recovers_a_warped_thermal_camera_and_the_fused_image_
         warped.messages.append((key, t, raw))
     size = (int(m.width), int(m.height))
 
+    def of_play(shift_ns: int) -> list:
+        """(status, registered thermal frame) of the fused frames of the play with stamps moved by ``shift_ns``."""
+        out = []
+        for s in probe.messages("status"):
+            vals = {kv.key: kv.value for kv in s.status[0].values}
+            ir = registered.get(int(vals.get("thermal_stamp_ns", -1)) - shift_ns)
+            if ir is not None:
+                out.append((s, ir))
+        return out
+
     def alignment(shift_ns: int) -> float:
         """Mean correlation of the fused images' structure with that of the registered thermal frames (of a play
         with stamps moved by ``shift_ns``)."""
         out = []
-        for s in probe.messages("status"):
-            vals = {kv.key: kv.value for kv in s.status[0].values}
+        for s, ir in of_play(shift_ns):
             img = next((i for i in probe.messages("image") if stamp_of(i) == stamp_of(s)), None)
-            ir = registered.get(int(vals.get("thermal_stamp_ns", -1)) - shift_ns)
-            if img is None or ir is None:
+            if img is None:
                 continue
             f = np.frombuffer(img.data, np.uint8).reshape(img.height, img.width, -1)[..., 0]
             a, b = autoreg.structure_map(f, size), autoreg.structure_map(ir, size)
@@ -324,7 +332,7 @@ def test_registration_auto_recovers_a_warped_thermal_camera_and_the_fused_image_
     try:
         probe.clear()
         played = play()  # the configured (identity) homography: the warped thermal camera does not line up
-        assert probe.wait(lambda: len(probe.messages("status")) >= 15, WAIT), node.log()[-3000:]
+        assert probe.wait(lambda: len(of_play(played)) >= 15, WAIT), node.log()[-3000:]
         time.sleep(1.0)
         before = alignment(played)
         set_ok(probe, registration__auto_timeout_s=600.0, registration__auto=True)
@@ -345,7 +353,7 @@ def test_registration_auto_recovers_a_warped_thermal_camera_and_the_fused_image_
         assert reg is not None and reg.get("registration.auto") == "applied"
         probe.clear()
         played = play()
-        assert probe.wait(lambda: len(probe.messages("status")) >= 15, WAIT), node.log()[-3000:]
+        assert probe.wait(lambda: len(of_play(played)) >= 15, WAIT), node.log()[-3000:]
         time.sleep(1.0)
         after = alignment(played)
         assert after > before + 0.15 and after > 0.3, (before, after)  # misaligned ~0.1, aligned 0.4-0.7
