@@ -88,6 +88,7 @@ class InputMonitor:
         last = self.last[stream]
         if not self.live(stream, now_ns):
             self.streak[stream] = now_ns
+            self.intervals[stream].clear()  # a stream that starts again may run at another rate (bag replayed)
         elif last is not None and now_ns > last:
             self.intervals[stream].append(now_ns - last)  # gaps that made it missing are not its rate
         self.last[stream] = now_ns

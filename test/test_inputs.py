@@ -170,6 +170,14 @@ def test_before_an_input_has_a_rate_the_other_inputs_rate_is_used():
     assert m.missing(802 * MS) is None
     m.seen(THERMAL, 810 * MS)
     assert m.timeout(THERMAL) == 3 * 677 * MS  # now its own
+    for k in range(1, 20):  # both streamed fast before, then paused: the old rate is forgotten on restart
+        m.seen(RGB, 10_000 * MS + k * 40 * MS)
+        m.seen(THERMAL, 10_000 * MS + k * 33 * MS)
+    assert m.timeout(THERMAL) == 500 * MS
+    m.seen(RGB, 20_000 * MS)
+    m.seen(THERMAL, 20_133 * MS)
+    m.seen(RGB, 20_426 * MS)
+    assert m.timeout(THERMAL) == 3 * 426 * MS and m.missing(20_802 * MS) is None
 
 
 def test_at_a_high_rate_the_configured_timeout_still_applies():
