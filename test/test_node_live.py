@@ -346,7 +346,7 @@ def test_registration_auto_recovers_a_warped_thermal_camera_and_the_fused_image_
         assert state.get("registration.auto") == "applied", (state, node.log()[-3000:])
         h = np.array([float(x) for x in state["registration.homography"].strip("[]").split(",")]).reshape(3, 3)
         err = autoreg.corner_error(h, h_true, size)
-        assert err < 10.0, (err, h)  # px on a 448x320 frame (3.4 and 8.0 px measured: depends on the pairs taken)
+        assert err < 10.0, (err, h)  # px on a 448x320 frame (2.1, 3.4, 8.0 px measured: depends on the pairs taken)
         assert float(state["registration.auto confidence"]) > 0.2
         assert "registration.auto: applied" in node.log() and "registration.homography: [" in node.log()
         reg = probe.diagnostics("registration")
