@@ -16,6 +16,10 @@ spread over the frame, on distant objects) and writes the ROS parameter YAML::
         [--thermal th.png --rgb rgb.png --preview check.png]
 
 ``points.csv``: one pair per line, ``thermal_x, thermal_y, rgb_x, rgb_y`` (a header line is allowed).
+
+``moe-fusion register --auto --thermal TH --rgb RGB --out YAML [--preview PNG]`` estimates ``H`` from the images
+(one pair, or folders of frames of one rig paired by stem; see :mod:`moe_fusion_core.autoreg`); it prints a
+confidence figure, and when the estimate cannot be trusted it writes nothing, says why and exits 3.
 """
 
 from __future__ import annotations
@@ -113,44 +117,123 @@ def params_yaml(h: np.ndarray, comment: str = "") -> str:
             f"      homography: [{vals}]  # thermal -> RGB pixels, row-major\n")
 
 
-def preview(thermal: np.ndarray, rgb: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """RGB image with the warped thermal image's edges drawn in red: a quick visual check of the fit."""
+# ---------------------------------------------------------------------- CLI
+MAX_AUTO_FRAMES = 20
+EXIT_REFUSED = 3
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--points", type=Path, default=None,
+                     help="text file, one pair per line: thermal_x thermal_y rgb_x rgb_y (pixels)")
+    how.add_argument("--auto", action="store_true",
+                     help="estimate from the images themselves (--thermal, --rgb: one pair or folders paired by "
+                          "stem, frames of one rig); exit 3 and write nothing when the estimate is not confident")
+    p.add_argument("--out", type=Path, default=None, help="write the parameter YAML here (default: print it)")
+    p.add_argument("--thermal", type=Path, default=None, help="a thermal frame (--auto: or a folder of frames)")
+    p.add_argument("--rgb", type=Path, default=None, help="the RGB frame taken with it (--auto: or a folder)")
+    p.add_argument("--preview", type=Path, default=None,
+                   help="write a checkerboard of the warped thermal frame over the RGB frame")
+
+
+def auto_pairs(thermal: Path, rgb: Path) -> list[tuple[str, Path, Path]]:
+    """(name, thermal file, RGB file) of one pair of files or of two folders paired by stem (at most 20, spread)."""
+    from .image_io import pair_by_stem
+
+    if thermal.is_dir() != rgb.is_dir():
+        raise RegistrationError(f"--thermal {thermal} and --rgb {rgb}: give two files or two folders")
+    if not thermal.is_dir():
+        for f in (thermal, rgb):
+            if not f.is_file():
+                raise RegistrationError(f"{f}: no such file")
+        return [(thermal.stem, thermal, rgb)]
+    listing = pair_by_stem([thermal, rgb])
+    if not listing.pairs:
+        raise RegistrationError(f"no file stem appears in both {thermal} and {rgb}")
+    pairs = listing.pairs
+    if len(pairs) > MAX_AUTO_FRAMES:  # spread over the recording
+        pairs = [pairs[round(i)] for i in np.linspace(0, len(pairs) - 1, MAX_AUTO_FRAMES)]
+    return [(k, f[0], f[1]) for k, f in pairs]
+
+
+def checkerboard(thermal: np.ndarray, rgb: np.ndarray, h: np.ndarray, tiles: int = 8) -> np.ndarray:
+    """RGB image with every other tile replaced by the warped thermal image: edges must continue across tiles."""
+    from .image_io import to_8bit
+
     ir = thermal if thermal.ndim == 2 else cv2.cvtColor(thermal, cv2.COLOR_RGB2GRAY)
-    warped = warp_to_rgb(ir, h, (rgb.shape[1], rgb.shape[0]))
-    edges = cv2.Canny(warped, 50, 150) > 0
+    warped = warp_to_rgb(to_8bit(ir), h, (rgb.shape[1], rgb.shape[0]))
     out = rgb.copy() if rgb.ndim == 3 else cv2.cvtColor(rgb, cv2.COLOR_GRAY2RGB)
-    out[edges] = (255, 0, 0)
+    rh, rw = out.shape[:2]
+    side = max(8, max(rh, rw) // tiles)
+    yy, xx = np.mgrid[0:rh, 0:rw]
+    mask = ((yy // side + xx // side) % 2).astype(bool)
+    out[mask] = warped[mask][:, None]
     return out
 
 
-# ---------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--points", type=Path, required=True,
-                   help="text file, one pair per line: thermal_x thermal_y rgb_x rgb_y (pixels)")
-    p.add_argument("--out", type=Path, default=None, help="write the parameter YAML here (default: print it)")
-    p.add_argument("--thermal", type=Path, default=None, help="a thermal frame, for --preview")
-    p.add_argument("--rgb", type=Path, default=None, help="the RGB frame taken with it, for --preview")
-    p.add_argument("--preview", type=Path, default=None, help="write the RGB frame with warped thermal edges")
+def _emit(text: str, out: Path | None) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def _error(msg: str) -> int:
+    print(f"moe-fusion register: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run_auto(args: argparse.Namespace) -> int:
+    """``register --auto``: 0 with a confident homography written, 3 (nothing written) when refused."""
+    from .autoreg import combine, estimate_pair
+    from .image_io import read_ir, read_vis, write_image
+
+    if args.thermal is None or args.rgb is None:
+        return _error("--auto needs --thermal and --rgb (files or folders)")
+    try:
+        files = auto_pairs(args.thermal, args.rgb)
+    except (RegistrationError, FileNotFoundError) as e:
+        return _error(str(e))
+    each, sizes, first = [], set(), None
+    for name, tf, rf in files:
+        th, rgb = read_ir(tf), read_vis(rf)
+        sizes.add((th.shape[:2], rgb.shape[:2]))
+        if len(sizes) > 1:
+            return _error(f"{name}: image sizes differ from the first pair's: frames of one rig expected")
+        e = estimate_pair(th, rgb)
+        print(f"{name}: {e.summary()}", file=sys.stderr)
+        each.append(e)
+        first = first or (th, rgb)
+    (th_shape, rgb_shape), = sizes
+    est = combine(each, (th_shape[1], th_shape[0]), (rgb_shape[1], rgb_shape[0]))
+    src = f"{args.thermal} + {args.rgb}"
+    if not est.ok or est.h is None:
+        print(f"moe-fusion register: refused, nothing written: {est.reason}", file=sys.stderr)
+        return EXIT_REFUSED
+    note = f"moe-fusion register --auto from {len(each)} frame pair(s) of {src}: {est.summary()}"
+    _emit(params_yaml(est.h, note), args.out)
+    print(note, file=sys.stderr)
+    if args.preview is not None:
+        write_image(args.preview, checkerboard(*first, est.h))
+        print(f"wrote {args.preview}", file=sys.stderr)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from .image_io import read_ir, read_vis, write_image
 
+    if args.auto:
+        return run_auto(args)
     try:
         src, dst = read_points(args.points)
         h, err = estimate_homography(src, dst)
     except RegistrationError as e:
-        print(f"moe-fusion register: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     note = (f"moe-fusion register --points {args.points}: {len(src)} point pairs, reprojection error "
             f"mean {err.mean():.2f} px, max {err.max():.2f} px")
-    text = params_yaml(h, note)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    _emit(params_yaml(h, note), args.out)
     print(note, file=sys.stderr)
     worst = int(np.argmax(err))
     if err.max() > 3.0:
@@ -158,8 +241,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.preview is not None:
         if args.thermal is None or args.rgb is None:
-            print("moe-fusion register: error: --preview needs --thermal and --rgb", file=sys.stderr)
-            return 2
-        write_image(args.preview, preview(read_ir(args.thermal), read_vis(args.rgb), h))
+            return _error("--preview needs --thermal and --rgb")
+        write_image(args.preview, checkerboard(read_ir(args.thermal), read_vis(args.rgb), h))
         print(f"wrote {args.preview}", file=sys.stderr)
     return 0

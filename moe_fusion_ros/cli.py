@@ -25,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("moe_fusion_core.bench", "latency / throughput benchmark per stage"),
     "info": ("moe_fusion_core.info", "parameter counts per component and the config"),
     "register": ("moe_fusion_core.registration",
-                 "thermal-to-RGB homography from clicked point pairs, as a ROS parameter file"),
+                 "thermal-to-RGB homography from clicked point pairs or the images (--auto), as a ROS parameter "
+                 "file"),
     "export": ("moe_fusion_core.checkpoint",
                "re-save a checkpoint for deployment (fp16 safetensors + config), or --onnx OUT.onnx"),
 }

@@ -8,10 +8,11 @@ clock, so that sim time from a bag is respected):
   a possibly better partner are committed (:meth:`InputFrontEnd.tick`). Without it the last pair of a stream is
   held until the next message, which may never come. A clock that stopped (a bag's /clock ends with the bag)
   counts as idle when the caller says so.
-- **a missing input**: an input is *missing* when it has been silent for ``missing_timeout_s`` while the other
-  one streams (:class:`InputMonitor`). With ``single_modality`` each message of the surviving input is then
-  returned on its own as a :class:`Single` (the caller fuses it with the missing image blank) instead of waiting
-  in the synchroniser for a partner that does not come; when the missing input streams again, pairing resumes.
+- **a missing input**: an input is *missing* when it has been silent for ``missing_timeout_s`` (or 3 of its
+  recent frame intervals, when longer: a slow stream is not a dead one) while the other one streams
+  (:class:`InputMonitor`). With ``single_modality`` each message of the surviving input is then returned on its
+  own as a :class:`Single` (the caller fuses it with the missing image blank) instead of waiting in the
+  synchroniser for a partner that does not come; when the missing input streams again, pairing resumes.
 
 Items returned by :meth:`InputFrontEnd.offer` and :meth:`InputFrontEnd.tick` are :class:`~moe_fusion_ros.sync.Pair`
 or :class:`Single`; both have ``thermal`` and ``rgb`` attributes (``None`` for the missing input of a Single).
@@ -20,8 +21,10 @@ or :class:`Single`; both have ``thermal`` and ``rgb`` attributes (``None`` for t
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import median
 from typing import Any
 
 from .sync import NS, RGB, STREAMS, THERMAL, Pair, PairSynchronizer
@@ -54,35 +57,57 @@ def other(stream: str) -> str:
 
 
 class InputMonitor:
-    """Arrival times of each input on a caller-supplied clock (ns), and which input is missing."""
+    """Arrival times of each input on a caller-supplied clock (ns), and which input is missing.
 
-    def __init__(self, missing_timeout_s: float = 0.5) -> None:
+    An input is missing after a silence longer than the larger of ``missing_timeout_s`` and ``missing_intervals``
+    × the median of its recent frame intervals (the other input's until it has two frames), so that one dropped
+    frame of a slow stream (a bag played at a tenth of its rate, a 2 Hz camera) is not a dead camera."""
+
+    RECENT = 9  # intervals in the median
+
+    def __init__(self, missing_timeout_s: float = 0.5, missing_intervals: float = 3.0) -> None:
         self.set_timeout(missing_timeout_s)
+        self.missing_intervals = missing_intervals
         self.streak: dict[str, int | None] = {s: None for s in STREAMS}  # since when the input streams again
         self.last: dict[str, int | None] = {s: None for s in STREAMS}
+        self.intervals: dict[str, deque[int]] = {s: deque(maxlen=self.RECENT) for s in STREAMS}
 
     def set_timeout(self, missing_timeout_s: float) -> None:
         if not (missing_timeout_s > 0):
             raise ValueError(f"missing_timeout_s must be > 0, got {missing_timeout_s}")
         self.timeout_ns = round(missing_timeout_s * NS)
 
+    def timeout(self, stream: str) -> int:
+        """The silence (ns) after which ``stream`` counts as missing, from its recent frame rate (after its first
+        frame and before it has a rate, the other input's: a slow rig whose second thermal frame was dropped is
+        still starting; an input never seen gets ``missing_timeout_s``)."""
+        iv = self.intervals[stream] or (self.intervals[other(stream)] if self.last[stream] is not None else ())
+        return max(self.timeout_ns, round(self.missing_intervals * median(iv))) if iv else self.timeout_ns
+
     def seen(self, stream: str, now_ns: int) -> None:
+        last = self.last[stream]
         if not self.live(stream, now_ns):
             self.streak[stream] = now_ns
+            self.intervals[stream].clear()  # a stream that starts again may run at another rate (bag replayed)
+        elif last is not None and now_ns > last:
+            self.intervals[stream].append(now_ns - last)  # gaps that made it missing are not its rate
         self.last[stream] = now_ns
 
     def live(self, stream: str, now_ns: int) -> bool:
         last = self.last[stream]
-        return last is not None and now_ns - last <= self.timeout_ns
+        return last is not None and now_ns - last <= self.timeout(stream)
 
     def missing(self, now_ns: int) -> str | None:
-        """The input that has been silent (or never came) for longer than the timeout while the other one streams."""
+        """The input that has been silent (or never came) for longer than its timeout while the other one streams
+        (it sent a frame after that timeout: two cameras that stop together are a stopped rig, whatever their
+        rates)."""
         for s in STREAMS:
             o = other(s)
             if not self.live(o, now_ns) or self.live(s, now_ns):
                 continue
             since = max(t for t in (self.last[s], self.streak[o]) if t is not None)
-            if now_ns - since > self.timeout_ns:
+            deadline = since + self.timeout(s)
+            if now_ns > deadline and self.last[o] > deadline:  # the other still sent after s was due
                 return s
         return None
 
@@ -99,6 +124,7 @@ class InputMonitor:
     def reset(self) -> None:
         self.streak = {s: None for s in STREAMS}
         self.last = {s: None for s in STREAMS}
+        self.intervals = {s: deque(maxlen=self.RECENT) for s in STREAMS}
 
 
 class InputFrontEnd:

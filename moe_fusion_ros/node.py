@@ -61,13 +61,14 @@ except ImportError as e:  # pragma: no cover - depends on the ROS installation
                       f"vision_msgs and diagnostic_msgs: source /opt/ros/<distro>/setup.bash ({e})") from e
 
 from . import health
+from .auto_registration import IDLE, AutoRegistration, yaml_value
 from .convert import to_ros
 from .inputs import InputFrontEnd, Single, matching_qos, other
 from .latest import BufferClosed, make_buffer
 from .params import DECLARATIONS, FusionParams, ParamSpec, check_change, is_ours, validate
 from .pipeline import FusionPipeline
 from .sync import RGB, THERMAL, optimal_approximate_time_synchronizer
-from .thermal import stamp_ns
+from .thermal import decode_visible, stamp_ns, thermal_array
 
 PARAM_TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
                "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
@@ -146,6 +147,7 @@ class FusionNode(LifecycleNode):
         self._requalify = False
         self._ros_time = (0, time.monotonic())  # last ROS time seen by the ticker, and when it changed
         self.configure_error: str | None = None  # why the last configure failed (ERROR on /diagnostics)
+        self.autoreg = AutoRegistration(self._on_autoreg)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
@@ -165,7 +167,27 @@ class FusionNode(LifecycleNode):
         except ValueError as e:
             return SetParametersResult(successful=False, reason=str(e))
         self._apply(new)
+        for p in ours:
+            if p.name == "registration.auto":  # setting it true (again) starts a new estimate
+                self._autoreg_start() if p.value else self.autoreg.stop()
         return SetParametersResult(successful=True)
+
+    def _autoreg_start(self) -> None:
+        p = self.params
+        self.autoreg.start(p.registration_auto_max_frames, p.registration_auto_timeout_s)
+        self.get_logger().info("registration.auto: estimating the thermal-to-RGB homography from the next pairs")
+
+    def _on_autoreg(self, est: Any) -> None:
+        """A confident estimate (from the estimating thread): apply it as registration.homography, say so."""
+        from rclpy.parameter import Parameter
+
+        h = [float(x) for x in est.h.ravel()]
+        res = self.set_parameters([Parameter("registration.homography", Parameter.Type.DOUBLE_ARRAY, h)])[0]
+        if not res.successful:
+            self.get_logger().error(f"registration.auto: estimate not applied: {res.reason}")
+            return
+        self.get_logger().info(f"registration.auto: applied ({est.summary()}); to keep it, put in the parameter "
+                               f"file: registration.homography: {yaml_value(est.h)}")
 
     def _apply(self, p: FusionParams) -> None:
         """Live parameter changes take effect from the next message / pair."""
@@ -213,6 +235,8 @@ class FusionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.params = p
         self.configure_error = None
+        if p.registration_auto:
+            self._autoreg_start()
         return TransitionCallbackReturn.SUCCESS
 
     def _create_publishers(self) -> dict[str, Any]:
@@ -338,6 +362,7 @@ class FusionNode(LifecycleNode):
 
     def _release(self) -> None:
         """Undo :meth:`on_configure`: publishers, pipeline, model (and the CUDA cache)."""
+        self.autoreg.stop()
         for pub in self.pubs.values():
             self.destroy_publisher(pub)
         self.pubs = {}
@@ -379,7 +404,8 @@ class FusionNode(LifecycleNode):
         log = self.get_logger()
         single = self.params is not None and self.params.inputs_single_modality
         if now is not None:
-            log.warning(f"{now} input missing (nothing for {self.params.inputs_missing_timeout_s} s while {other(now)}"
+            gap = self.front.monitor.timeout(now) / 1e9 if self.front is not None else 0.0
+            log.warning(f"{now} input missing (nothing for {gap:.2g} s while {other(now)}"
                         f" streams): " + (f"publishing {other(now)} alone" if single else "publishing nothing"))
         elif before is not None:
             log.info(f"{before} input back: fusing pairs again")
@@ -434,6 +460,8 @@ class FusionNode(LifecycleNode):
                           pipe: FusionPipeline) -> None:
         debug = p.output_debug_image and self.pubs["debug_image"].get_subscription_count() > 0
         if thermal is not None and rgb is not None:
+            if self.autoreg.wants():  # estimated in its own thread, from the thermal image in its own pixels
+                self.autoreg.offer(thermal_array(thermal), decode_visible(rgb))
             out = pipe.process(thermal, rgb, debug=debug)
         else:
             msg, stream = (thermal, THERMAL) if thermal is not None else (rgb, RGB)
@@ -452,6 +480,8 @@ class FusionNode(LifecycleNode):
         pubs = self.pubs
         pubs["image"].publish(to_ros(Image, out.image))
         pubs["detections"].publish(to_ros(Detection2DArray, out.detections))
+        if self.autoreg.state != IDLE:
+            out.status["status"][0]["values"] += [{"key": k, "value": v} for k, v in self.autoreg.values()]
         pubs["status"].publish(to_ros(DiagnosticArray, out.status))
         if p.output_gates:
             pubs["gates"].publish(to_ros(Float32MultiArray, out.gates))
@@ -473,6 +503,7 @@ class FusionNode(LifecycleNode):
             self.updater.add("inputs", self._diag(self._inputs_status))
             self.updater.add("sync", self._diag(self._sync_status))
             self.updater.add("inference", self._diag(self._inference_status))
+            self.updater.add("registration", self._diag(self.autoreg.status))
         self.updater.setHardwareID(self.hardware_id)
 
     def _diag(self, build: Any) -> Any:

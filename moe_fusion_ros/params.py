@@ -68,14 +68,21 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
               "when no input message arrived for this long (node clock; also when a bag's /clock stops), the "
               "pairs still waiting are published", range=(0.01, 60.0)),
     ParamSpec("inputs.missing_timeout_s", 0.5, "double",
-              "an input silent this long while the other streams is reported missing (diagnostics WARN, "
-              "fused/status)", range=(0.01, 60.0)),
+              "an input silent this long (or 3 of its recent frame intervals, if longer) while the other "
+              "streams is reported missing (diagnostics WARN, fused/status)", range=(0.01, 60.0)),
     ParamSpec("inputs.single_modality", True, "bool",
               "while one input is missing, fuse the other alone with the missing image blank (false: publish "
               "nothing until both stream)"),
     ParamSpec("registration.homography", list(IDENTITY), "double_array",
               "3x3 thermal-to-RGB pixel homography, row-major (identity: resize the thermal image to the RGB "
               "size); estimate it with 'moe-fusion register'"),
+    ParamSpec("registration.auto", False, "bool",
+              "estimate the homography from the incoming pairs and apply it once confident (a low-confidence "
+              "estimate is never applied); set it to true again to re-estimate"),
+    ParamSpec("registration.auto_max_frames", 10, "int", "registration.auto: pairs tried before giving up",
+              range=(1, 1000)),
+    ParamSpec("registration.auto_timeout_s", 120.0, "double", "registration.auto: seconds before giving up",
+              range=(1.0, 3600.0)),
     ParamSpec("thermal.norm.mode", "percentile", "string", "16-bit/float thermal to 8-bit window",
               choices=MODES),
     ParamSpec("thermal.norm.lo", 0.0, "double", "fixed window low end (raw units)"),
@@ -138,6 +145,9 @@ class FusionParams:
     inputs_missing_timeout_s: float
     inputs_single_modality: bool
     registration_homography: tuple[float, ...]
+    registration_auto: bool
+    registration_auto_max_frames: int
+    registration_auto_timeout_s: float
     thermal_norm_mode: str
     thermal_norm_lo: float
     thermal_norm_hi: float

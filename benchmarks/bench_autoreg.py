@@ -1,0 +1,178 @@
+"""Accuracy and time of ``moe-fusion register --auto`` on registered real pairs turned into unregistered rigs.
+
+Each registered IR/visible pair of ``../shared/data`` becomes a rig by :func:`moe_fusion_core.autoreg.simulate_rig`
+(RGB = the visible image's centre; thermal rotated ≤ 6°, zoomed 0.85–1.15, shifted ≤ 8 %, corners moved ≤ 1.5 %
+for a mild perspective; every second rig's thermal image at 0.625× the RGB resolution). A seeded random
+homography per rig; five-frame trials warp five neighbouring frames of one sequence by one homography.
+
+Splits (by dataset / stem, fixed): ``tune`` = msrs (16), roadscene stems 0–19, m3svd validation frames; ``test`` =
+msrs_more (41), m3svd test-video frames (``*_v*``), llvip_more (4), roadscene stems from 157 on. Thresholds in
+autoreg.py were chosen on ``tune`` only.
+
+Usage: ``python benchmarks/bench_autoreg.py --split test [--data ../shared/data] [--json out.json]``.
+Prints a Markdown table: per light (day / night) and mode (1 frame / 5 frames): trials, mean corner error of the
+accepted estimates (px), share within 4 px (of all trials), refused, confidently wrong (> 10 px), median seconds.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from moe_fusion_core import autoreg  # noqa: E402
+from moe_fusion_core.image_io import read_ir, read_vis  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+THERMAL_SCALES = (1.0, 0.625)
+
+
+def stems(data: Path, ds: str) -> list[tuple[str, str]]:
+    """(stem, light) of a dataset from its meta.csv (light: day / night; m3svd/unknown by the stem's tag)."""
+    rows = (data / ds / "meta.csv").read_text().splitlines()[1:]
+    out = []
+    for r in rows:
+        f = r.split(",")
+        out.append((f[0], "night" if f[3] == "night" else "day"))
+    return out
+
+
+def split(data: Path, name: str) -> tuple[list[tuple[str, str, str]], list[tuple[str, list[str], str]]]:
+    """(single pairs: ds, stem, light), (five-frame sequences: ds, stems, light) of a split."""
+    road = stems(data, "roadscene")
+    m3 = stems(data, "m3svd")
+    if name == "tune":
+        singles = [("msrs", s, li) for s, li in stems(data, "msrs")] + [("roadscene", s, li) for s, li in road[:20]]
+        singles += [("m3svd", s, li) for s, li in m3 if "_v" not in s]
+        ms = stems(data, "msrs")
+        seqs = [("msrs", [s for s, _ in ms[i:i + 5]], ms[i][1]) for i in range(0, len(ms) - 4, 5)]
+        return singles, seqs
+    more = stems(data, "msrs_more")
+    singles = [("msrs_more", s, li) for s, li in more] + [("m3svd", s, li) for s, li in m3 if "_v" in s]
+    singles += [("llvip_more", s, li) for s, li in stems(data, "llvip_more")]
+    singles += [("roadscene", s, li) for s, li in road[157:]]
+    seqs: list[tuple[str, list[str], str]] = []
+    by_seq: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for s, li in m3:
+        if "_v" in s:
+            by_seq[s.split("_v")[0]].append((s, li))
+    for frames in by_seq.values():
+        for i in range(0, max(1, len(frames) - 4), 2):
+            win = frames[i:i + 5]
+            if len(win) == 5:
+                seqs.append(("m3svd", [s for s, _ in win], max({li for _, li in win}, key=[li for _, li in win].count)))
+    train = [(s, li) for s, li in more if s < "01000"]
+    for i in range(0, len(train) - 4, 5):
+        win = train[i:i + 5]
+        lights = [li for _, li in win]
+        seqs.append(("msrs_more", [s for s, _ in win], max(set(lights), key=lights.count)))
+    return singles, seqs
+
+
+def load(data: Path, ds: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    vis = next(p for p in (data / ds / "vis").iterdir() if p.stem == stem)
+    return read_ir(data / ds / "ir" / f"{stem}.png"), read_vis(vis)
+
+
+def record(est: autoreg.Estimate, h_gt: np.ndarray, th_size: tuple[int, int], **kw: object) -> dict:
+    err = autoreg.corner_error(est.h, h_gt, th_size) if est.h is not None else None
+    return {**kw, "ok": est.ok, "err": err, "conf": est.confidence, "reason": est.reason, "s": est.seconds,
+            "details": {k: v for k, v in est.details.items() if isinstance(v, (int, float, bool))}}
+
+
+def run(data: Path, name: str, seed: int) -> list[dict]:
+    singles, seqs = split(data, name)
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i, (ds, stem, light) in enumerate(singles):
+        ts = THERMAL_SCALES[i % 2]
+        th, rgb, h_gt = autoreg.simulate_rig(*load(data, ds, stem), rng, ts)
+        cpu = time.process_time()
+        est = autoreg.estimate_pair(th, rgb)
+        recs.append(record(est, h_gt, (th.shape[1], th.shape[0]), mode="1 frame", light=light, ds=ds,
+                           stems=[stem], thermal_scale=ts, cpu_s=time.process_time() - cpu))
+        print(f"{ds} {stem} x{ts}: {recs[-1]['err']} {est.summary()}", flush=True)
+    for i, (ds, group, light) in enumerate(seqs):
+        ts = THERMAL_SCALES[i % 2]
+        state = rng.bit_generator.state
+        pairs, h_gt = [], None
+        for stem in group:
+            rng.bit_generator.state = state  # one homography for the whole sequence
+            th, rgb, h_gt = autoreg.simulate_rig(*load(data, ds, stem), rng, ts)
+            pairs.append((th, rgb))
+        cpu = time.process_time()
+        est, _ = autoreg.estimate_multi(pairs)
+        recs.append(record(est, h_gt, (pairs[0][0].shape[1], pairs[0][0].shape[0]), mode="5 frames", light=light,
+                           ds=ds, stems=group, thermal_scale=ts, cpu_s=time.process_time() - cpu))
+        print(f"{ds} {group[0]}..{group[-1]} x{ts}: {recs[-1]['err']} {est.summary()}", flush=True)
+    return recs
+
+
+def table(recs: list[dict]) -> str:
+    lines = ["| mode | light | trials | mean error of accepted (px) | within 4 px | refused "
+             "| confidently wrong (>10 px) | median CPU s | median wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for mode in ("1 frame", "5 frames"):
+        for light in ("day", "night", "all"):
+            rs = [r for r in recs if r["mode"] == mode and light in (r["light"], "all")]
+            if not rs:
+                continue
+            acc = [r for r in rs if r["ok"]]
+            n = len(rs)
+            mean = f"{statistics.mean(r['err'] for r in acc):.1f}" if acc else "–"
+            within = sum(r["err"] <= 4 for r in acc) / n
+            wrong = sum(r["err"] > 10 for r in acc) / n
+            refused = 1 - len(acc) / n
+            secs = statistics.median(r["s"] for r in rs)
+            cpu = statistics.median(r["cpu_s"] for r in rs)
+            lines.append(f"| {mode} | {light} | {n} | {mean} | {within:.0%} | {refused:.0%} | {wrong:.0%} | "
+                         f"{cpu:.2f} | {secs:.2f} |")
+    return "\n".join(lines)
+
+
+def time_640(data: Path, repeat: int = 3) -> tuple[float, float]:
+    """Median (CPU, wall) seconds of one estimate on a 640×480 RGB frame (a full msrs pair, no crop)."""
+    ir, vis = load(data, "msrs", "00055D")
+    th, rgb, _ = autoreg.simulate_rig(ir, vis, np.random.default_rng(0), 1.0, margin=0.0)
+    assert rgb.shape[:2] == (480, 640)
+    cpu, wall = [], []
+    for _ in range(repeat):
+        c = time.process_time()
+        wall.append(autoreg.estimate_pair(th, rgb).seconds)
+        cpu.append(time.process_time() - c)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--split", choices=("tune", "test"), default="test")
+    p.add_argument("--seed", type=int, default=21)
+    p.add_argument("--json", type=Path, default=None, help="write the per-trial records here")
+    a = p.parse_args()
+    cv2.setNumThreads(1)
+    recs = run(a.data, a.split, a.seed)
+    if a.json:
+        a.json.write_text(json.dumps(recs, indent=1))
+    print(table(recs))
+    cpu, wall = time_640(a.data)
+    print(f"\none estimate at 640×480, 1 OpenCV thread: {cpu:.2f} s CPU, {wall:.2f} s wall (median of 3)")
+    why = defaultdict(int)
+    for r in recs:
+        if not r["ok"]:
+            why[r["reason"].split(":")[0].split("(")[0].strip()] += 1
+    print("refusals: " + "; ".join(f"{k}: {v}" for k, v in sorted(why.items(), key=lambda t: -t[1])))
+
+
+if __name__ == "__main__":
+    main()
