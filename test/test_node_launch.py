@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from ros_graph import fused_pairs
+from ros_graph import fused_pairs, stamp_of
 
 NS = 1_000_000_000
 WAIT = 240.0
@@ -22,14 +22,25 @@ def probe(live_probe):
     return live_probe
 
 
-def test_default_parameter_file_on_cpu_becomes_active_and_sigterm_exits_0(colcon_install, probe, tmp_path):
-    """`ros2 launch moe_fusion_ros fusion.launch.py device:=cpu`: the installed config/fusion.yaml, warm-up included."""
-    from ros_graph import Launched
+def test_default_parameter_file_on_cpu_fuses_a_pair_and_sigterm_exits_0(colcon_install, probe, bag, tmp_path):
+    """`ros2 launch moe_fusion_ros fusion.launch.py device:=cpu`: the installed config/fusion.yaml, warm-up included;
+    a real pair published to the default topics comes back as that pair's fused image, with detections and status
+    on its stamp."""
+    from ros_graph import Frames, Launched, fused_pairs
 
     launched = Launched(colcon_install, {"device": "cpu"}, tmp_path / "launch.log")
     try:
         assert probe.wait_for_node(600), launched.log()[-4000:]
         assert probe.lifecycle("/moe_fusion") == "active"
+        frames = Frames(bag)
+        probe.clear()
+        t = 1_900_000_000 * NS
+        probe.pub["rgb"].publish(frames.raw("rgb", t, index=2))
+        probe.pub["thermal"].publish(frames.raw("thermal", t + 3_000_000, index=2))
+        assert probe.wait(lambda: all(probe.messages(k) for k in ("image", "detections", "status")), 180), \
+            launched.log()[-3000:]
+        assert fused_pairs(probe, frames.oracle({(t + 3_000_000, t): (2, 2)}, None)) == [(t + 3_000_000, t)]
+        assert stamp_of(probe.messages("detections")[0]) == stamp_of(probe.messages("status")[0]) == t
         m = re.search(r"process started with pid \[(\d+)\]", launched.log())
         assert m, launched.log()
         os.kill(int(m.group(1)), signal.SIGTERM)  # e.g. systemd or docker stop: the node alone gets SIGTERM
@@ -178,19 +189,22 @@ def test_a_signal_at_any_moment_ends_the_node_with_exit_code_0_and_no_traceback(
 
     log = tmp_path / "node.log"
     with open(log, "w") as out:
-        proc = fusion_node(colcon_install, ["model.warmup_iters:=2"], out)
+        proc = fusion_node(colcon_install, ["model.warmup_iters:=2", "processing.mode:=all"], out)
         try:
             if when == "configuring":
                 probe.wait(lambda: log.stat().st_size > 0 or proc.poll() is not None, 60)
                 time.sleep(1.0)  # importing torch, loading, warming up
             else:
                 assert probe.wait_for_node(600), log.read_text()[-3000:]
-            if when == "fusing":
+            if when == "fusing":  # five pairs queued ("all" mode): signalled once the first is out, mid-queue
                 frames = Frames(bag)
                 probe.clear()
-                probe.pub["rgb"].publish(frames.raw("rgb", 1_860_000_000 * NS))
-                probe.pub["thermal"].publish(frames.raw("thermal", 1_860_000_000 * NS + 3_000_000))
-                time.sleep(0.8)  # idle flush (0.5 s): the pair is in the worker now
+                for k in range(5):
+                    t = 1_860_000_000 * NS + k * 100_000_000
+                    probe.pub["rgb"].publish(frames.raw("rgb", t, index=k))
+                    probe.pub["thermal"].publish(frames.raw("thermal", t + 3_000_000, index=k))
+                assert probe.wait(lambda: probe.messages("image"), 180), log.read_text()[-3000:]
+                assert len(probe.messages("image")) < 5  # the worker still has pairs to fuse
             proc.send_signal(sig)
             rc = proc.wait(timeout=120)
         finally:
