@@ -32,7 +32,7 @@ def test_every_declaration_is_a_field_with_a_typed_default():
         assert s.description
         assert _plain(check_value(s.name, s.default)) == s.default
         assert type(s.default) is {"bool": bool, "int": int, "double": float, "string": str,
-                                   "double_array": list}[s.type], s.name
+                                   "double_array": list, "string_array": list}[s.type], s.name
 
 
 def test_yaml_file_and_declarations_agree():
