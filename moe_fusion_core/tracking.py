@@ -54,6 +54,19 @@ def select_classes(detections: Iterable[Any], classes: Sequence[str]) -> list[An
     return dets if not classes else [d for d in dets if d.class_name in classes]
 
 
+def _iou_distance(candidates: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """1 − IoU of boxes given as flattened corner points (N×4, K×4), corners put in order first: a Kalman estimate
+    may swap them for a box that shrinks fast, and a box clipped at the image border may have no area."""
+    from .metrics.detection import iou_matrix
+
+    def ordered(b: np.ndarray) -> np.ndarray:
+        b = np.asarray(b, np.float64).reshape(-1, 4)
+        return np.stack([np.minimum(b[:, 0], b[:, 2]), np.minimum(b[:, 1], b[:, 3]),
+                         np.maximum(b[:, 0], b[:, 2]), np.maximum(b[:, 1], b[:, 3])], axis=1)
+
+    return 1.0 - iou_matrix(ordered(candidates), ordered(objects))
+
+
 class DetectionTracker:
     """Track IDs for one stream of frames (see the module docstring)."""
 
@@ -88,6 +101,7 @@ class DetectionTracker:
         Sets each detection's ``track_id`` and returns the IDs in the detections' order. Call it for every frame,
         also one without detections (tracks age by frames). ``time_jump_ns`` overrides the constructor's."""
         from norfair import Detection, Tracker
+        from norfair.distances import VectorizedDistance
         from norfair.filter import OptimizedKalmanFilterFactory
 
         jump = self.time_jump_ns if time_jump_ns is None else time_jump_ns
@@ -100,10 +114,10 @@ class DetectionTracker:
             self._tracker = Tracker(distance_function="iou", distance_threshold=1.0 - self.min_iou,
                                     hit_counter_max=self.max_missed, initialization_delay=0,
                                     filter_factory=OptimizedKalmanFilterFactory(vel_variance=VELOCITY_VARIANCE))
+            # norfair's own "iou" warns on and miscounts boxes with swapped corners or no area: ours orders them
+            self._tracker.distance_function = VectorizedDistance(_iou_distance)
         self._frame += 1
         points = [np.array(d.box, np.float64).reshape(2, 2) for d in detections]
-        for p in points:  # norfair needs x1 <= x2, y1 <= y2
-            p.sort(axis=0)
         objects = self._tracker.update([Detection(p, label=d.class_name, data=(self._frame, i))
                                         for i, (p, d) in enumerate(zip(points, detections))])
         ids = [0] * len(detections)
