@@ -150,6 +150,77 @@ def test_parameters_set_at_run_time_act_on_the_next_pair_and_bad_ones_are_refuse
         set_ok(probe, sync__slop=0.02, output__color=False, model__score_threshold=-1.0)
 
 
+def _ros2_param_set(name: str, value: str) -> str:
+    out = subprocess.run(["ros2", "param", "set", "--no-daemon", "/moe_fusion", name, value],
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout + out.stderr
+
+
+def test_track_ids_follow_objects_across_frames_and_detections_classes_filters_at_run_time(node, probe, bag, truth):
+    from itertools import pairwise
+
+    import numpy as np
+    from ros_graph import MSG_TYPES, stamp_of
+    from rosbags.typesys import Stores, get_typestore
+
+    from moe_fusion_core.metrics.detection import iou_matrix
+
+    def tracked(msgs) -> list[list[tuple[str, str, tuple[float, ...]]]]:
+        out = []
+        for m in sorted(msgs, key=stamp_of):
+            out.append([(d.results[0].hypothesis.class_id, d.id,
+                         (d.bbox.center.position.x - d.bbox.size_x / 2, d.bbox.center.position.y - d.bbox.size_y / 2,
+                          d.bbox.center.position.x + d.bbox.size_x / 2, d.bbox.center.position.y + d.bbox.size_y / 2))
+                         for d in m.detections])
+        return out
+
+    set_ok(probe, model__score_threshold=0.3)  # more boxes from the small-input model: more to follow
+    try:
+        probe.clear()
+        bag.play(probe)
+        n = len(truth["pairs"])
+        assert probe.wait(lambda: len(probe.messages("detections")) >= n, WAIT), node.log()[-3000:]
+        time.sleep(1.0)
+        frames = tracked(probe.messages("detections"))
+        assert len(frames) == n
+        assert all(i.isdigit() for f in frames for _, i, _ in f)  # every published box carries a track ID
+        assert all(len({i for _, i, _ in f}) == len(f) for f in frames)  # one object, one ID per frame
+        followed = 0
+        for prev, cur in pairwise(frames):  # mutual best matches of one class at IoU >= 0.7: one object
+            if not prev or not cur:
+                continue
+            iou = iou_matrix(np.array([b for *_, b in prev]), np.array([b for *_, b in cur]))
+            for a, b in zip(*np.nonzero(iou >= 0.7)):
+                if iou[a].argmax() == b and iou[:, b].argmax() == a and prev[a][0] == cur[b][0]:
+                    assert cur[b][1] == prev[a][1], (prev[a], cur[b])
+                    followed += 1
+        assert followed >= 5, frames
+        # detections.classes: an unknown name is refused with the model's classes; "car" leaves the people out
+        (r,) = probe.set_params("/moe_fusion", {"detections.classes": ["person", "bicycle"]})
+        assert not r.successful and "bicycle" in r.reason and "person, car" in r.reason, r.reason
+        busiest = max(range(len(frames)), key=lambda k: sum(c == "person" for c, _, _ in frames[k]))
+        assert any(c == "person" for c, _, _ in frames[busiest])
+        rgb_stamp = sorted(r for _, r in truth["pairs"])[busiest]
+        th_stamp = next(t for t, r in truth["pairs"] if r == rgb_stamp)
+        ts = get_typestore(Stores.ROS2_JAZZY)
+        msgs = {(k, stamp_of(m)): m for k, m in ((k, ts.deserialize_cdr(raw, MSG_TYPES[k]))
+                                                 for k, _, raw in bag.messages if k in ("rgb", "thermal"))}
+        assert "successful" in _ros2_param_set("detections.classes", "[car]").lower()
+        probe.clear()
+        t0 = 1_830_000_000 * NS
+        for k in range(2):  # the frame with the most people, twice
+            for key, stamp in (("rgb", rgb_stamp), ("thermal", th_stamp)):
+                m = msgs[(key, stamp)]
+                st = t0 + k * 100 * MS + stamp - rgb_stamp
+                m.header.stamp.sec, m.header.stamp.nanosec = st // NS, st % NS
+                probe.pub[key].publish(bytes(ts.serialize_cdr(m, MSG_TYPES[key])))
+        assert probe.wait(lambda: len(probe.messages("detections")) >= 2, WAIT), node.log()[-3000:]
+        assert all(c == "car" for f in tracked(probe.messages("detections")) for c, _, _ in f)
+        assert "successful" in _ros2_param_set("detections.classes", "['']").lower()  # all classes again
+    finally:
+        set_ok(probe, model__score_threshold=-1.0, detections__classes=[""])
+
+
 def test_bad_frames_are_counted_logged_and_the_good_pairs_still_published(node, probe, bag):
     import numpy as np
     from ros_graph import Frames
