@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color", action="store_true", help="also write colour fused images")
     p.add_argument("--detections", action="store_true", help="also write detections (JSON + overlay)")
     p.add_argument("--score-threshold", type=float, default=None,
-                   help="minimum detection score (default: the model's own, 0.7 for the embedded model)")
+                   help="minimum detection score for every class (default: the model's own, per class)")
     add_detection_arguments(p)
     p.add_argument("--mismatch", choices=["resize", "error"], default="resize",
                    help="infrared of another size than the visible image: resize it, or skip the pair")

@@ -74,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thermal-offset", type=float, default=0.0, help="seconds added to thermal stamps")
     p.add_argument("--thermal-norm", choices=MODES, default="percentile", help="16-bit thermal window")
     p.add_argument("--score-threshold", type=float, default=None,
-                   help="minimum detection score (default: the model's own, 0.7 for the embedded model)")
+                   help="minimum detection score for every class (default: the model's own, per class)")
     add_detection_arguments(p)
     p.add_argument("--color", action="store_true", help="publish rgb8 colour fused images")
     p.add_argument("--gates", action="store_true", help="also write /fused/gates")
