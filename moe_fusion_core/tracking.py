@@ -22,7 +22,11 @@ from typing import Any
 
 import numpy as np
 
-MIN_IOU = 0.3  # a box continues a track when its IoU with the track's predicted box is at least this
+# A box continues a track when its IoU with the track's predicted box is at least this. Tried with the embedded
+# model: 0.1 cut ID switches on MSRS crops panned 5 x 12 px from 11 to 1 (small distant people overlap their
+# track little before the filter knows their speed) but let a track take a neighbour's box in a crowd (the live
+# test's busiest frame); to tune again with a better detector (benchmarks/track_id_switches.py --pan 5).
+MIN_IOU = 0.3
 MAX_MISSED = 8  # frames a track outlives its last matching box (norfair's hit_counter_max)
 # Initial velocity variance of a track's Kalman filter (px² per frame²; norfair's default 1): large, so a track takes
 # its speed from its second box, as objects seen from a moving vehicle start with any speed. With the default, two
