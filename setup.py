@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "PyYAML>=6.0,<7",
     "tqdm>=4.70,<5",
     "matplotlib>=3.10,<4",
+    "norfair-enough>=2.4.3,<3",  # track IDs (moe_fusion_core/tracking.py); needs numpy, scipy, rich
 ]
 EXTRAS_REQUIRE = {
     "train": ["tensorboard>=2.21,<3"],  # training curves (moe-fusion train)

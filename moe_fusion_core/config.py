@@ -59,6 +59,10 @@ class DetectorConfig:
     # The published set's minimum score unless the caller sets one: chosen per model on a labelled validation split
     # (best F1; MODEL_CARD.md, "Detection"). Used by FusionEngine, moe-fusion fuse/replay and the node by default.
     score_threshold: float = 0.3
+    # Per-class published thresholds (class name -> minimum score, each in [0, 1]), chosen on validation; classes
+    # not listed use score_threshold. A caller's single threshold (node model.score_threshold >= 0, --score-threshold)
+    # replaces all of them.
+    score_thresholds: dict[str, float] = field(default_factory=dict)
     rgb_visible: bool = False  # spec §9.14: give the visible detector the RGB image instead of its luma
 
 
@@ -82,10 +86,30 @@ class ModelConfig:
     fixed_att: float = 0.5  # Att used when there is no detector (tests, fusion-only ablations)
     size_divisor: int = 32  # inputs are padded to a multiple of this and cropped back
 
+    def __post_init__(self) -> None:
+        if self.detector is not None:
+            check_score_thresholds(self.detector.score_thresholds, self.class_names)
+
     @property
     def num_classes(self) -> int:
         """Detector classes including background."""
         return len(self.class_names) + 1
+
+
+def check_score_thresholds(thresholds: dict[str, float], class_names: list[str]) -> dict[str, float]:
+    """``detector.score_thresholds`` checked against the model's classes: known names, numbers in [0, 1]."""
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"model.detector.score_thresholds must map class names to numbers, got {thresholds!r}")
+    unknown = sorted(str(k) for k in thresholds if k not in class_names)
+    if unknown:
+        raise ValueError(f"model.detector.score_thresholds: unknown class(es) {', '.join(unknown)}; the model's "
+                         f"classes are {', '.join(class_names)}")
+    out = {}
+    for name, t in thresholds.items():
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"model.detector.score_thresholds.{name} must be a number in [0, 1], got {t!r}")
+        out[name] = float(t)
+    return out
 
 
 @dataclass

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model
-from .config import Config
+from .config import Config, check_score_thresholds
 from .image_io import rgb_to_luma, to_8bit
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
@@ -49,6 +49,7 @@ class Detection:
     class_id: int  # 0-based index into FusionEngine.class_names
     class_name: str
     score: float
+    track_id: int | None = None  # set by moe_fusion_core.tracking when tracking is on
 
 
 @dataclass
@@ -157,7 +158,9 @@ class FusionEngine:
         self.detections = detections and self.has_detectors
         det_cfg = self.config.model.detector
         self.default_score_threshold = det_cfg.score_threshold if det_cfg is not None else 0.3
-        self.score_threshold = self.default_score_threshold if score_threshold is None else score_threshold
+        self.score_thresholds = check_score_thresholds(det_cfg.score_thresholds if det_cfg is not None else {},
+                                                       self.class_names)
+        self.score_threshold = score_threshold  # None: the model's own, per class
         if warmup:
             self.warmup(warmup)
 
@@ -185,6 +188,13 @@ class FusionEngine:
     @property
     def class_names(self) -> list[str]:
         return list(self.config.model.class_names)
+
+    def threshold_for(self, class_name: str) -> float:
+        """The published minimum score of a class: the caller's single threshold if set, else the model's own
+        (``detector.score_thresholds``, else ``detector.score_threshold``)."""
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return self.score_thresholds.get(class_name, self.default_score_threshold)
 
     # ---------------------------------------------------------------- input handling
     def prepare(self, ir: np.ndarray, vis: np.ndarray, vis_order: str = "rgb"
@@ -381,15 +391,16 @@ class FusionEngine:
         names = self.class_names
         out = []
         w, h = size
+        thresholds = {name: self.threshold_for(name) for name in names}
         for box, label, score in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist()):
-            if score < self.score_threshold:
+            cid = int(label) - 1
+            name = names[cid] if 0 <= cid < len(names) else str(cid)
+            if score < thresholds.get(name, self.default_score_threshold):
                 continue
             x1, y1, x2, y2 = box
             x1, x2 = min(max(x1 * scale[0], 0.0), w), min(max(x2 * scale[0], 0.0), w)
             y1, y2 = min(max(y1 * scale[1], 0.0), h), min(max(y2 * scale[1], 0.0), h)
-            cid = int(label) - 1
-            out.append(Detection((x1, y1, x2, y2), cid, names[cid] if 0 <= cid < len(names) else str(cid),
-                                 float(score)))
+            out.append(Detection((x1, y1, x2, y2), cid, name, float(score)))
         return out
 
     def warmup(self, iters: int = 3, size: tuple[int, int] = (480, 640)) -> float:

@@ -2,8 +2,10 @@
 
 Writes ``OUT/<stem>.png`` (8-bit grey fused image at the visible image's size); with ``--color`` also
 ``OUT/color/<stem>.png``; with ``--detections`` ``OUT/detections/<stem>.json`` and an overlay
-``OUT/detections/<stem>.jpg``; always ``OUT/gates.jsonl`` (which experts fired, per pair) and
-``OUT/summary.json`` (with per-stage latency). Unpaired and unreadable files are listed in the summary and skipped.
+``OUT/detections/<stem>.jpg`` (the classes of ``--classes``, default all; pairs in stem order are tracked as one
+sequence, each detection's ``track_id`` kept while the object stays in view, unless ``--no-tracking``); always
+``OUT/gates.jsonl`` (which experts fired, per pair) and ``OUT/summary.json`` (with per-stage latency). Unpaired and
+unreadable files are listed in the summary and skipped.
 With ``--html-report DIR``: a contact sheet per pair (``DIR/sheets/<stem>.jpg``: thermal | visible | fused | fused +
 detections, gate weights as a bar chart) and ``DIR/index.html`` with the per-stage latency and the fusion metrics
 (paper mode) of every pair (:mod:`moe_fusion_core.report`).
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from .image_io import ImageReadError, pair_by_stem, read_ir, read_vis, write_image
 from .report import draw_detections, latency_table
+from .tracking import DetectionTracker, check_classes, select_classes
+from .tracking import add_arguments as add_detection_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color", action="store_true", help="also write colour fused images")
     p.add_argument("--detections", action="store_true", help="also write detections (JSON + overlay)")
     p.add_argument("--score-threshold", type=float, default=None,
-                   help="minimum detection score (default: the model's own, 0.7 for the embedded model)")
+                   help="minimum detection score for every class (default: the model's own, per class)")
+    add_detection_arguments(p)
     p.add_argument("--mismatch", choices=["resize", "error"], default="resize",
                    help="infrared of another size than the visible image: resize it, or skip the pair")
     p.add_argument("--html-report", type=Path, default=None, metavar="DIR",
@@ -75,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
                           detections=args.detections or report is not None,
                           score_threshold=args.score_threshold, mismatch=args.mismatch)
+    classes = check_classes(args.classes, engine.class_names)
+    tracker = None if args.no_tracking else DetectionTracker()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, list[float]] = defaultdict(list)
@@ -96,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
             except (ImageReadError, ValueError) as e:
                 failed[stem] = str(e)
                 continue
+            res.detections = select_classes(res.detections, classes)
+            if tracker is not None:
+                tracker.update(res.detections)
             t2 = time.perf_counter()
             write_image(out / f"{stem}.png", res.fused)
             if res.color is not None:
@@ -104,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 h, w = res.fused.shape
                 det_json = {"width": w, "height": h, "detections": [
                     {"box": [round(v, 2) for v in d.box], "class_id": d.class_id, "class_name": d.class_name,
-                     "score": round(d.score, 4)} for d in res.detections]}
+                     "score": round(d.score, 4), "track_id": d.track_id} for d in res.detections]}
                 det_file = out / "detections" / f"{stem}.json"
                 det_file.parent.mkdir(parents=True, exist_ok=True)
                 det_file.write_text(json.dumps(det_json))

@@ -136,8 +136,17 @@ def model_info(cfg: Config, model: nn.Module | None = None, source: str | None =
             "fp16_mb": round((2 * floats + others) / 1e6, 2),
         },
         "gates": gates,
+        "score_thresholds": published_thresholds(cfg),
         "config": cfg.to_dict(),
     }
+
+
+def published_thresholds(cfg: Config) -> dict[str, float]:
+    """Each class's published minimum score: ``detector.score_thresholds``, else ``detector.score_threshold``."""
+    det = cfg.model.detector
+    if det is None:
+        return {}
+    return {name: det.score_thresholds.get(name, det.score_threshold) for name in cfg.model.class_names}
 
 
 def checkpoint_info(path: Path) -> dict[str, Any]:
@@ -188,6 +197,9 @@ def format_table(info: dict[str, Any]) -> str:
     lines.append("-- totals")
     for k, v in info["totals"].items():
         lines.append(f"{k:<{width}}{v:>13,}" if k != "fp16_mb" else f"{'fp16 size (MB)':<{width}}{v:>13.2f}")
+    if info.get("score_thresholds"):
+        lines.append("-- published score thresholds (per class)")
+        lines.extend(f"{name:<{width}}{t:>13.2f}" for name, t in info["score_thresholds"].items())
     lines.append("-- config")
     lines.append(yaml.safe_dump(info["config"], sort_keys=False).rstrip())
     return "\n".join(lines)

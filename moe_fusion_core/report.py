@@ -34,14 +34,15 @@ def draw_detections(rgb: np.ndarray, detections: Iterable[Any], scale: float = 1
     """A copy of ``rgb`` (H×W×3, or H×W grey) with boxes, class names and scores drawn.
 
     ``detections``: objects with ``box`` (x1, y1, x2, y2 in pixels of an image ``1/scale`` times the size of
-    ``rgb``), ``class_name`` and ``score``."""
+    ``rgb``), ``class_name`` and ``score``; a ``track_id`` (when set) is drawn as ``#17``."""
     img = np.asarray(rgb)
     img = np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img.copy())
     for d in detections:
         x1, y1, x2, y2 = (round(v * scale) for v in d.box)
         cv2.rectangle(img, (x1, y1), (x2, y2), _BOX_COLOUR, 2)
-        cv2.putText(img, f"{d.class_name} {d.score:.2f}", (x1, max(10, y1 - 4)), _FONT, 0.45, _TEXT_COLOUR, 1,
-                    cv2.LINE_AA)
+        tid = getattr(d, "track_id", None)
+        cv2.putText(img, f"{d.class_name}{'' if tid is None else f' #{tid}'} {d.score:.2f}", (x1, max(10, y1 - 4)),
+                    _FONT, 0.45, _TEXT_COLOUR, 1, cv2.LINE_AA)
     return img
 
 

@@ -7,7 +7,8 @@ The node copies these into rclpy messages and bag replay into rosbags messages, 
 - ``detections`` (``vision_msgs/Detection2DArray``): the same header on the array and on every detection; boxes in
   the published image's pixels; ``class_id`` is the class name (or its index as a string); one array per frame,
   empty when nothing was found. Layouts (§2.6): ``humble``/``jazzy`` (vision_msgs 4.x,
-  ``bbox.center.position.x``) and ``galactic`` (3.x, ``bbox.center.x``).
+  ``bbox.center.position.x``) and ``galactic`` (3.x, ``bbox.center.x``). ``id`` is the track ID (decimal text,
+  :mod:`moe_fusion_core.tracking`), empty when tracking is off.
 - ``fused/gates`` (``std_msgs/Float32MultiArray``): the gate weights of every gate, concatenated in the order
   ``mole_fg, mole_bg, moge``; ``layout.dim[i]`` names gate *i* (``label``) and its number of experts (``size`` =
   ``stride``), so gate *i* is ``data[sum(size[:i]) : sum(size[:i+1])]``.
@@ -130,7 +131,7 @@ def detection_array(detections: Sequence[Any], hdr: Mapping[str, Any], image_siz
             "header": dict(hdr),
             "results": [{"hypothesis": {"class_id": cid, "score": float(d.score)}}],
             "bbox": _box_dict((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1, layout),
-            "id": "",
+            "id": "" if getattr(d, "track_id", None) is None else str(d.track_id),
         })
     return {"header": dict(hdr), "detections": out}
 

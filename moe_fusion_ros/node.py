@@ -46,6 +46,7 @@ try:
     from rclpy.executors import ExternalShutdownException
     from rclpy.lifecycle import Node as LifecycleNode
     from rclpy.lifecycle import State, TransitionCallbackReturn
+    from rclpy.parameter import Parameter
     from rclpy.qos import (
         DurabilityPolicy,
         HistoryPolicy,
@@ -72,7 +73,8 @@ from .thermal import decode_visible, stamp_ns, thermal_array
 
 PARAM_TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
                "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
-               "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
+               "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY,
+               "string_array": ParameterType.PARAMETER_STRING_ARRAY}
 INPUTS = {THERMAL: "thermal/image_raw", RGB: "rgb/image_raw"}
 RGB_INFO = "rgb/camera_info"
 OUTPUT_TYPES = {"image": Image, "detections": Detection2DArray, "gates": Float32MultiArray,
@@ -123,7 +125,11 @@ class FusionNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("moe_fusion", **kwargs)
         for spec in DECLARATIONS:
-            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+            if spec.type == "string_array" and not spec.default:  # rclpy types an empty list as a byte array
+                if self.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor(spec)).value is None:
+                    self.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, [])])
+            else:
+                self.declare_parameter(spec.name, spec.default, descriptor(spec))
         self.params: FusionParams | None = None
         self.engine: Any = None
         self.pipeline: FusionPipeline | None = None
@@ -164,6 +170,8 @@ class FusionNode(LifecycleNode):
             new = self.params
             for p in ours:
                 new = check_change(p.name, p.value, new)
+            if self.pipeline is not None:
+                self.pipeline.set_classes(new.detections_classes)  # names the model does not have: refused
         except ValueError as e:
             return SetParametersResult(successful=False, reason=str(e))
         self._apply(new)
@@ -193,12 +201,13 @@ class FusionNode(LifecycleNode):
         """Live parameter changes take effect from the next message / pair."""
         self.params = p
         if self.engine is not None:
-            t = p.score_threshold()
-            self.engine.score_threshold = self.engine.default_score_threshold if t is None else t
+            self.engine.score_threshold = p.score_threshold()  # None: the model's own, per class
         pipe = self.pipeline
         if pipe is not None:
             pipe.color = p.output_color
             pipe.detections = p.model_detections
+            pipe.set_classes(p.detections_classes)
+            pipe.set_tracking(p.detections_tracking)
             pipe.gates = p.output_gates
             pipe.class_id = p.output_class_id
             pipe.frame_id = p.output_frame_id
@@ -221,7 +230,8 @@ class FusionNode(LifecycleNode):
                 detections=p.model_detections, gates=p.output_gates, layout=detection_layout(),
                 class_id=p.output_class_id, frame_id=p.output_frame_id, keep_history=False,
                 camera_info=p.output_camera_info, homography=p.homography(),
-                max_invalid_fraction=p.thermal_max_invalid_fraction)
+                max_invalid_fraction=p.thermal_max_invalid_fraction, classes=p.detections_classes,
+                tracking=p.detections_tracking)
             self.pipeline.sync.on_reset = self._on_time_jump
             self.pubs = self._create_publishers()
             self._setup_diagnostics()
@@ -294,6 +304,7 @@ class FusionNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         p = self.params
+        self.pipeline.tracker.reset()  # tracks do not outlive a deactivation
         self.front = InputFrontEnd(self.pipeline.sync, self._ros_now_ns, idle_flush_s=p.sync_idle_flush_s,
                                    missing_timeout_s=p.inputs_missing_timeout_s,
                                    single_modality=p.inputs_single_modality, on_missing=self._on_missing)

@@ -14,7 +14,7 @@ from typing import Any
 
 from moe_fusion_core.preprocess import MODES, ThermalNormalization
 
-TYPES = {"bool": bool, "int": int, "double": float, "string": str, "double_array": list}
+TYPES = {"bool": bool, "int": int, "double": float, "string": str, "double_array": list, "string_array": list}
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
@@ -24,7 +24,7 @@ class ParamSpec:
 
     name: str
     default: Any
-    type: str  # bool | int | double | string | double_array
+    type: str  # bool | int | double | string | double_array | string_array
     description: str
     range: tuple[float, float] | None = None  # inclusive bounds for int/double
     choices: tuple[str, ...] | None = None
@@ -54,8 +54,13 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
               range=(0, 8192), read_only=True),
     ParamSpec("model.detections", True, "bool", "run the auxiliary detectors and publish detections"),
     ParamSpec("model.score_threshold", -1.0, "double",
-              "minimum detection score; negative = the model's own (0.7 for the embedded model, chosen on its "
-              "validation split)", range=(-1.0, 1.0)),
+              "minimum detection score, one for every class; negative = the model's own, per class (chosen on its "
+              "validation split; 0.7 for the embedded model)", range=(-1.0, 1.0)),
+    ParamSpec("detections.classes", [], "string_array",
+              "classes published on fused/detections and drawn on fused/debug_image; empty = every class the "
+              "model has (names the model does not have are refused)"),
+    ParamSpec("detections.tracking", True, "bool",
+              "Detection2D.id carries a track ID kept while the object stays in view (false: empty id)"),
     ParamSpec("sync.slop", 0.02, "double", "max |stamp difference| of a thermal/RGB pair, seconds",
               range=(0.0001, 1.0)),
     ParamSpec("sync.queue_size", 5, "int", "undecided messages kept per input", range=(1, 100)),
@@ -137,6 +142,8 @@ class FusionParams:
     model_max_side: int
     model_detections: bool
     model_score_threshold: float
+    detections_classes: tuple[str, ...]
+    detections_tracking: bool
     sync_slop: float
     sync_queue_size: int
     sync_thermal_offset: float
@@ -199,6 +206,10 @@ def check_value(name: str, value: Any) -> Any:
         raise ValueError(f"unknown parameter {name!r}")
     if spec.type == "double_array":
         return _check_homography(name, value)
+    if spec.type == "string_array":
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"parameter {name!r} must be a list of strings, got {value!r}")
+        return tuple(v for v in value if v.strip())  # ['']: the ros2 CLI's way to send an empty list
     want = TYPES[spec.type]
     if spec.type == "double" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -305,6 +316,8 @@ def params_yaml() -> str:
                     val = f'"{v.default}"'
                 elif v.type == "double_array":
                     val = "[" + ", ".join(f"{x:.1f}" for x in v.default) + "]"
+                elif v.type == "string_array":
+                    val = "[" + ", ".join(f'"{x}"' for x in v.default) + "]"
                 extra = f" [{v.range[0]}, {v.range[1]}]" if v.range else ""
                 extra += f" ({' | '.join(v.choices)})" if v.choices else ""
                 extra += "; read-only" if v.read_only else ""

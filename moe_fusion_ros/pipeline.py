@@ -12,6 +12,10 @@ A message whose partner input is missing (:class:`~moe_fusion_ros.inputs.Single`
 missing image blank (:meth:`FusionPipeline.process_single`): the output stays in the RGB camera's pixels (the
 last RGB size and frame_id seen), carries the surviving message's stamp, and its ``status`` says which input
 was missing.
+
+Published detections: the classes of ``classes`` (empty = all), each with a track ID unless ``tracking`` is off
+(:mod:`moe_fusion_core.tracking`; a frame stamped more than the pairing's ``time_jump`` before the previous one
+starts new tracks, as it resets the pairing).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 from moe_fusion_core.preprocess import ThermalNormalization, ThermalNormalizer
 from moe_fusion_core.registration import as_matrix, check_resizable, warp_to_rgb
 from moe_fusion_core.report import latency_table
+from moe_fusion_core.tracking import DetectionTracker, check_classes, select_classes
 
 from . import messages as M
 from .inputs import Single
@@ -63,7 +68,8 @@ class FusionPipeline:
                  time_jump: float = 0.25, normalization: ThermalNormalization | None = None,
                  color: bool = False, detections: bool = True, gates: bool = True, layout: str = "jazzy",
                  class_id: str = "name", frame_id: str = "", keep_history: bool = True, camera_info: bool = True,
-                 homography: Sequence[float] | None = None, max_invalid_fraction: float = 0.01) -> None:
+                 homography: Sequence[float] | None = None, max_invalid_fraction: float = 0.01,
+                 classes: Sequence[str] = (), tracking: bool = True) -> None:
         if layout not in M.LAYOUTS:
             raise ValueError(f"detection layout must be one of {', '.join(M.LAYOUTS)}, got {layout!r}")
         if class_id not in M.CLASS_ID_MODES:
@@ -82,6 +88,9 @@ class FusionPipeline:
         self.camera_info = camera_info
         self.set_homography(homography)
         self.max_invalid_fraction = max_invalid_fraction
+        self.tracker = DetectionTracker()
+        self.tracking = tracking
+        self.set_classes(classes)
         self._camera_infos: OrderedDict[int, Any] = OrderedDict()  # by stamp, oldest first, the last CAMERA_INFO_KEEP
         self.camera_info_errors: Counter = Counter()
         self.unpaired: list[Unpaired] = []
@@ -124,6 +133,16 @@ class FusionPipeline:
             self._camera_infos.popitem(last=False)
 
     # ------------------------------------------------------------------ processing
+    def set_classes(self, classes: Sequence[str]) -> None:
+        """Publish only these classes (empty = all); a name the model does not have is a ``ValueError``."""
+        self.classes = check_classes(classes, self.engine.class_names) if classes else ()
+
+    def set_tracking(self, on: bool) -> None:
+        """Track IDs on or off; turned back on, tracks start afresh."""
+        if on and not self.tracking:
+            self.tracker.reset()
+        self.tracking = on
+
     def set_homography(self, homography: Sequence[float] | None) -> None:
         """Thermal → RGB pixel homography (9 numbers, row-major), or ``None``: resize only."""
         self.homography = None if homography is None else as_matrix(homography)
@@ -221,6 +240,9 @@ class FusionPipeline:
             res = self.engine.fuse(ir, vis, color=self.color, detections=self.detections)
         except ValueError as e:
             return self.record_failure(*stamps, e)
+        res.detections = select_classes(res.detections, self.classes)
+        if self.tracking:  # a stamp far older than the last starts new tracks, as it resets the pairing
+            self.tracker.update(res.detections, M.header_stamp_ns(hdr), self.sync.time_jump_ns)
         t2 = time.perf_counter()
         self.last = (ir, vis, res)
         image = res.color if (self.color and res.color is not None) else res.fused

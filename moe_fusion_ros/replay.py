@@ -6,7 +6,8 @@ same :class:`~moe_fusion_ros.pipeline.FusionPipeline` the node uses, and writes 
 as the input unless ``--storage``) with
 
 - ``/fused/image`` (``sensor_msgs/msg/Image``, mono8; rgb8 with ``--color``),
-- ``/fused/detections`` (``vision_msgs/msg/Detection2DArray``),
+- ``/fused/detections`` (``vision_msgs/msg/Detection2DArray``; the classes of ``--classes``, default all; ``id`` = a
+  track ID kept while the object stays in view, empty with ``--no-tracking``),
 - ``/fused/gates`` (``std_msgs/msg/Float32MultiArray``, with ``--gates``),
 - ``/fused/camera_info`` (``sensor_msgs/msg/CameraInfo``): the RGB camera's, when the bag has it (by default the
   ``camera_info`` topic beside ``--rgb-topic``; ``--no-camera-info`` turns it off),
@@ -37,6 +38,7 @@ from typing import Any
 
 from moe_fusion_core.preprocess import MODES, ThermalNormalization
 from moe_fusion_core.report import PairMetrics
+from moe_fusion_core.tracking import add_arguments as add_detection_arguments
 
 from .health import percentile
 from .pipeline import FusionPipeline
@@ -73,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thermal-offset", type=float, default=0.0, help="seconds added to thermal stamps")
     p.add_argument("--thermal-norm", choices=MODES, default="percentile", help="16-bit thermal window")
     p.add_argument("--score-threshold", type=float, default=None,
-                   help="minimum detection score (default: the model's own, 0.7 for the embedded model)")
+                   help="minimum detection score for every class (default: the model's own, per class)")
+    add_detection_arguments(p)
     p.add_argument("--color", action="store_true", help="publish rgb8 colour fused images")
     p.add_argument("--gates", action="store_true", help="also write /fused/gates")
     p.add_argument("--storage", choices=["same", "mcap", "sqlite3"], default="same", help="output storage")
@@ -194,7 +197,8 @@ def _run(args: argparse.Namespace) -> int:
                               score_threshold=args.score_threshold)
         pipe = FusionPipeline(engine, slop=args.slop, queue_size=args.queue_size,
                               thermal_offset=args.thermal_offset, color=args.color,
-                              normalization=ThermalNormalization(mode=args.thermal_norm))
+                              normalization=ThermalNormalization(mode=args.thermal_norm), classes=args.classes,
+                              tracking=not args.no_tracking)
         ts = typestore_for(args.distro)
         in_ts = typestore_for("jazzy")  # sensor_msgs/Image is identical in every ROS 2 distro
         stream_of = {c.id: THERMAL for c in th_conns} | {c.id: RGB for c in rgb_conns}

@@ -123,6 +123,8 @@ def test_colour_and_detection_outputs_exist_for_every_fused_pair(fused_run, fold
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
             assert d["class_name"] in read_config(checkpoint).model.class_names
+        track_ids = [d["track_id"] for d in det["detections"]]  # the folder is tracked in stem order
+        assert all(isinstance(t, int) and t > 0 for t in track_ids) and len(set(track_ids)) == len(track_ids)
         assert cv2.imread(str(out / "detections" / f"{stem}.jpg")).shape == (h, w, 3)
     assert not (out / "color" / "broken.png").exists() and not (out / "lonely.png").exists()
 
@@ -175,3 +177,6 @@ def test_nothing_fused_exits_two(tmp_path, folders, checkpoint, capsys):
     assert main(["fuse", "--ir", str(ir_dir), "--vis", str(vis_dir), *common]) == 2
     assert main(["fuse", "--ir", str(tmp_path / "missing"), "--vis", str(vis_dir), *common]) == 2
     assert "not a folder" in capsys.readouterr().err
+    assert main(["fuse", "--ir", str(ir_dir), "--vis", str(vis_dir), *common, "--detections",
+                 "--classes", "People", "bicycle"]) == 2
+    assert "unknown class(es) bicycle; the model's classes are People, Car" in capsys.readouterr().err

@@ -153,6 +153,93 @@ def test_parameters_set_at_run_time_act_on_the_next_pair_and_bad_ones_are_refuse
         set_ok(probe, sync__slop=0.02, output__color=False, model__score_threshold=-1.0)
 
 
+def _ros2_param_set(name: str, value: str) -> str:
+    out = subprocess.run(["ros2", "param", "set", "--no-daemon", "/moe_fusion", name, value],
+                         capture_output=True, text=True, timeout=120)
+    return out.stdout + out.stderr
+
+
+def test_track_ids_follow_objects_across_frames_and_detections_classes_filters_at_run_time(node, probe, bag, truth):
+    """The sample bag's frames are stills of different scenes (RoadScene), so objects staying in view are made
+    from its busiest frame: the pair published five times, the scene moving 4 px a frame (a slow pan)."""
+    import copy
+    from itertools import pairwise
+
+    import numpy as np
+    from ros_graph import MSG_TYPES, stamp_of
+    from rosbags.typesys import Stores, get_typestore
+
+    from moe_fusion_core.metrics.detection import iou_matrix
+
+    def tracked(msgs) -> list[list[tuple[str, str, tuple[float, ...]]]]:
+        out = []
+        for m in sorted(msgs, key=stamp_of):
+            out.append([(d.results[0].hypothesis.class_id, d.id,
+                         (d.bbox.center.position.x - d.bbox.size_x / 2, d.bbox.center.position.y - d.bbox.size_y / 2,
+                          d.bbox.center.position.x + d.bbox.size_x / 2, d.bbox.center.position.y + d.bbox.size_y / 2))
+                         for d in m.detections])
+        return out
+
+    ts = get_typestore(Stores.ROS2_JAZZY)
+    msgs = {(k, stamp_of(m)): m for k, m in ((k, ts.deserialize_cdr(raw, MSG_TYPES[k]))
+                                             for k, _, raw in bag.messages if k in ("rgb", "thermal"))}
+
+    def publish_pan(rgb_stamp: int, t0: int, frames: int) -> None:
+        th_stamp = next(t for t, r in truth["pairs"] if r == rgb_stamp)
+        for k in range(frames):
+            for key, stamp in (("rgb", rgb_stamp), ("thermal", th_stamp)):
+                m = msgs[(key, stamp)]
+                st = t0 + k * 100 * MS + stamp - rgb_stamp
+                shifted = copy.copy(m)
+                img = np.asarray(m.data).reshape(m.height, m.width, -1)  # no row padding in this bag
+                shifted.data = np.ascontiguousarray(np.roll(img, 4 * k, axis=1)).reshape(-1)
+                shifted.header = copy.copy(m.header)
+                shifted.header.stamp = type(m.header.stamp)(sec=st // NS, nanosec=st % NS)
+                probe.pub[key].publish(bytes(ts.serialize_cdr(shifted, MSG_TYPES[key])))
+            time.sleep(0.05)
+
+    set_ok(probe, model__score_threshold=0.3)  # more boxes from the small-input model: more to follow
+    try:
+        probe.clear()
+        bag.play(probe)
+        n = len(truth["pairs"])
+        assert probe.wait(lambda: len(probe.messages("detections")) >= n, WAIT), node.log()[-3000:]
+        time.sleep(1.0)
+        stills = tracked(probe.messages("detections"))
+        assert len(stills) == n
+        assert all(i.isdigit() for f in stills for _, i, _ in f)  # every published box carries a track ID
+        assert all(len({i for _, i, _ in f}) == len(f) for f in stills)  # one ID per object in a frame
+        busiest = max(range(n), key=lambda k: sum(c == "person" for c, _, _ in stills[k]))
+        assert sum(c == "person" for c, _, _ in stills[busiest]) >= 2, stills
+        rgb_stamp = sorted(r for _, r in truth["pairs"])[busiest]
+        probe.clear()
+        publish_pan(rgb_stamp, 1_815_000_000 * NS, 5)  # after the last test's stamps
+        assert probe.wait(lambda: len(probe.messages("detections")) >= 5, WAIT), node.log()[-3000:]
+        pan = tracked(probe.messages("detections"))
+        followed = []  # per pair of consecutive frames: boxes that are one object in both
+        for prev, cur in pairwise(pan):  # mutual best matches of one class at IoU >= 0.6: one object
+            followed.append(0)
+            if not prev or not cur:
+                continue
+            iou = iou_matrix(np.array([b for *_, b in prev]), np.array([b for *_, b in cur]))
+            for a, b in zip(*np.nonzero(iou >= 0.6)):
+                if iou[a].argmax() == b and iou[:, b].argmax() == a and prev[a][0] == cur[b][0]:
+                    assert cur[b][1] == prev[a][1], (prev[a], cur[b])  # the same object keeps its ID
+                    followed[-1] += 1
+        assert len(followed) == 4 and min(followed) >= 1 and sum(followed) >= 8, (followed, pan)
+        # detections.classes: an unknown name is refused with the model's classes; "car" leaves the people out
+        (r,) = probe.set_params("/moe_fusion", {"detections.classes": ["person", "bicycle"]})
+        assert not r.successful and "bicycle" in r.reason and "person, car" in r.reason, r.reason
+        assert "successful" in _ros2_param_set("detections.classes", "[car]").lower()
+        probe.clear()
+        publish_pan(rgb_stamp, 1_816_000_000 * NS, 2)
+        assert probe.wait(lambda: len(probe.messages("detections")) >= 2, WAIT), node.log()[-3000:]
+        assert all(c == "car" for f in tracked(probe.messages("detections")) for c, _, _ in f)
+        assert "successful" in _ros2_param_set("detections.classes", "['']").lower()  # all classes again
+    finally:
+        set_ok(probe, model__score_threshold=-1.0, detections__classes=[""])
+
+
 def test_bad_frames_are_counted_logged_and_the_good_pairs_still_published(node, probe, bag):
     import numpy as np
     from ros_graph import Frames

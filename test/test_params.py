@@ -32,7 +32,7 @@ def test_every_declaration_is_a_field_with_a_typed_default():
         assert s.description
         assert _plain(check_value(s.name, s.default)) == s.default
         assert type(s.default) is {"bool": bool, "int": int, "double": float, "string": str,
-                                   "double_array": list}[s.type], s.name
+                                   "double_array": list, "string_array": list}[s.type], s.name
 
 
 def test_yaml_file_and_declarations_agree():
@@ -55,6 +55,8 @@ def test_yaml_file_and_declarations_agree():
     ("thermal.norm.mode", "auto", "one of"),
     ("model.precision", "int8", "one of"),
     ("no.such", 1, "unknown"),
+    ("detections.classes", "person", "list of strings"),
+    ("detections.classes", ["person", 3], "list of strings"),
 ])
 def test_bad_values_are_rejected_with_the_name(name, value, match):
     with pytest.raises(ValueError, match=match):
@@ -78,6 +80,8 @@ def test_cross_field_checks_and_int_for_double():
 def test_live_changes_respect_read_only():
     cur = validate()
     assert check_change("model.score_threshold", 0.5, cur).model_score_threshold == 0.5
+    assert check_change("detections.classes", ["car", ""], cur).detections_classes == ("car",)  # '' = the CLI's []
+    assert check_change("detections.classes", [""], cur).detections_classes == ()
     with pytest.raises(ValueError, match="read-only"):
         check_change("model.device", "cpu", cur)
     assert check_change("model.device", cur.model_device, cur) == cur
