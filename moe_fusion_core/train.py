@@ -227,11 +227,13 @@ class Trainer:
         gates: dict[str, Any] = {}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             out = self.net(b["ir"], b["vis"], targets=targets if self.train_detectors else None,
-                           labelled=labelled, vis_rgb=b["vis_rgb"], run_fusion=not self.frozen_fusion)
+                           labelled=labelled, vis_rgb=b["vis_rgb"], run_fusion=not self.frozen_fusion,
+                           return_det_att=self.anchor is not None)
             det_losses, gates = out.det_losses, out.gates  # train.freeze_fusion: the fusion head is not run
             if self.anchor is not None:
                 with torch.no_grad():
-                    ref = self.anchor(b["ir"], b["vis"], vis_rgb=b["vis_rgb"], run_fusion=False).det_att
+                    ref = self.anchor(b["ir"], b["vis"], vis_rgb=b["vis_rgb"], run_fusion=False,
+                                      return_det_att=True).det_att
                 det_losses = {**det_losses, "att_anchor": self.cfg.train.attention_anchor * sum(
                     F.l1_loss(a.float(), r.float()) for a, r in zip(out.det_att, ref))}
         if self.frozen_fusion:

@@ -20,8 +20,8 @@ class MoEFusionOutput:
 
     ``fused`` is the raw network output (B×1×H×W, unbounded; clamp to [0,1] to save); ``att`` the detached
     attention map the fusion head used (both ``None``, with no gates, when the fusion head was not run);
-    ``det_att`` the detectors' own visible and infrared attention maps at ``att_level`` (not detached; what
-    ``att`` is made from); ``det_losses`` only in training with targets; ``detections`` only in eval with
+    ``det_att`` (with ``return_det_att``) the detectors' own visible and infrared attention maps at
+    ``att_level`` (not detached; what ``att`` is made from); ``det_losses`` only in training with targets; ``detections`` only in eval with
     ``need_detections`` (boxes in input pixels, labels 1-based, background = 0).
     """
 
@@ -49,8 +49,11 @@ class MoEFusion(nn.Module):
 
     def forward(self, ir: torch.Tensor, vis: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None,
                 labelled: torch.Tensor | None = None, vis_rgb: torch.Tensor | None = None,
-                need_detections: bool = False, run_fusion: bool = True) -> MoEFusionOutput:
-        """``run_fusion=False``: the detectors alone (detector-only training), no fused image."""
+                need_detections: bool = False, run_fusion: bool = True, return_det_att: bool = False
+                ) -> MoEFusionOutput:
+        """``run_fusion=False``: the detectors alone (detector-only training), no fused image. ``return_det_att``:
+        also return the detectors' attention maps with their gradient (off by default: an output that no loss
+        uses leaves parameters without a gradient, which DistributedDataParallel refuses)."""
         if ir.shape != vis.shape or ir.dim() != 4 or ir.shape[1] != 1:
             raise ValueError(f"ir and vis must both be B×1×H×W, got {tuple(ir.shape)} and {tuple(vis.shape)}")
         if not run_fusion and self.detectors is None:
@@ -68,7 +71,7 @@ class MoEFusion(nn.Module):
             det_vis = vis_rgb if (self.cfg.detector.rgb_visible and vis_rgb is not None) else vis
             det = self.detectors(det_vis, ir, [(h, w)] * ir.shape[0], targets, labelled, need_detections)
             level = self.cfg.att_level
-            det_att = (det.att_vis[level], det.att_ir[level])
+            det_att = (det.att_vis[level], det.att_ir[level]) if return_det_att else None
             if not run_fusion:
                 return MoEFusionOutput(fused=None, att=None, gates={}, load_loss=ir.new_zeros(()),
                                        det_losses=det.losses, detections=det.detections, det_att=det_att)
