@@ -21,8 +21,8 @@ class MoEFusionOutput:
     ``fused`` is the raw network output (B×1×H×W, unbounded; clamp to [0,1] to save); ``att`` the detached
     attention map the fusion head used (both ``None``, with no gates, when the fusion head was not run);
     ``det_att`` (with ``return_det_att``) the detectors' own visible and infrared attention maps at
-    ``att_level`` (not detached; what ``att`` is made from); ``det_losses`` only in training with targets; ``detections`` only in eval with
-    ``need_detections`` (boxes in input pixels, labels 1-based, background = 0).
+    ``att_level`` (not detached; what ``att`` is made from); ``det_losses`` only in training with targets;
+    ``detections`` only in eval with ``need_detections`` (boxes in input pixels, labels 1-based, background = 0).
     """
 
     fused: torch.Tensor | None
