@@ -282,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--path: unknown {', '.join(unknown)} (eager | deploy | onnxruntime)")
     rows: list[dict[str, Any]] = []
+    failed: list[str] = []  # a row asked for that cannot run is an error, not a skip: the exit code says so
     for prec in precisions:
         engines: dict[str, Any] = {}
         for path in paths:
@@ -289,8 +290,9 @@ def run(args: argparse.Namespace) -> int:
                 engines[path] = FusionEngine(ckpt, device=args.device, precision=prec, compile=args.compile,
                                              score_threshold=0.05, deploy=path == "deploy", moe=args.moe,
                                              backend="onnxruntime" if path == "onnxruntime" else "torch")
-            except ValueError as e:
-                print(f"skipping {path} at precision {prec}: {e}", file=sys.stderr)
+            except (ValueError, OSError, RuntimeError) as e:
+                failed.append(f"{path} at precision {prec}")
+                print(f"error: cannot run {path} at precision {prec}: {e}", file=sys.stderr)
         if not engines:
             continue
         engine = next(iter(engines.values()))
@@ -308,4 +310,7 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(rows, indent=1))
     if tmp_dir is not None:
         tmp_dir.cleanup()
+    if failed:
+        print(f"error: {len(failed)} of the rows asked for could not run: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0

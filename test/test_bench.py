@@ -57,3 +57,13 @@ def test_rows_carry_their_own_paths_flops_or_none_and_a_memory_column_named_for_
     for (path, _), r in whole.items():
         assert ("gflops_per_pair" in r) == (path == "eager"), r
         assert r["process_max_rss_mb"] > 0 and "peak_mem_mb" not in r  # the process's peak, and called so
+
+
+def test_a_row_that_cannot_run_fails_the_benchmark_instead_of_being_skipped(tmp_path):
+    """`bench --checkpoint /no/such/dir` must not print an empty table and exit 0 (#23)."""
+    missing = tmp_path / "no" / "such" / "dir"
+    cmd = [sys.executable, "-m", "moe_fusion_ros.cli", "bench", "--checkpoint", str(missing), "--device", "cpu",
+           "--sizes", "64x48", "--iters", "1", "--warmup", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert str(missing) in proc.stderr and "skipping" not in proc.stderr
