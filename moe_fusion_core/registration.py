@@ -109,12 +109,16 @@ def read_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return a[:, :2], a[:, 2:]
 
 
+def homography_yaml(h: np.ndarray) -> str:
+    """The value of ``registration.homography`` as a YAML flow list (row-major, 9 significant digits)."""
+    return "[" + ", ".join(f"{v:.9g}" for v in as_matrix(h).reshape(-1)) + "]"
+
+
 def params_yaml(h: np.ndarray, comment: str = "") -> str:
     """A ROS 2 parameter file setting ``registration.homography`` (load it after config/fusion.yaml)."""
-    vals = ", ".join(f"{v:.9g}" for v in as_matrix(h).reshape(-1))
     head = "".join(f"# {c}\n" for c in comment.splitlines())
     return (f"{head}/**:\n  ros__parameters:\n    registration:\n"
-            f"      homography: [{vals}]  # thermal -> RGB pixels, row-major\n")
+            f"      homography: {homography_yaml(h)}  # thermal -> RGB pixels, row-major\n")
 
 
 # ---------------------------------------------------------------------- CLI

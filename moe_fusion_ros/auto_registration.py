@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from moe_fusion_core.autoreg import Estimate, combine, estimate_pair
-from moe_fusion_core.registration import params_yaml
+from moe_fusion_core.registration import homography_yaml
 
 from . import health
 
@@ -115,7 +115,7 @@ class AutoRegistration:
             out = [("registration.auto", self.state), ("registration.auto pairs tried", str(len(self.frames)))]
             if self.result is not None and self.result.h is not None:
                 out += [("registration.auto confidence", f"{self.result.confidence:.3f}"),
-                        ("registration.homography", yaml_value(self.result.h))]
+                        ("registration.homography", homography_yaml(self.result.h))]
             elif self.reason:
                 out.append(("registration.auto reason", self.reason))
             return out
@@ -128,8 +128,3 @@ class AutoRegistration:
                APPLIED: "estimated homography applied",
                FAILED: "no confident estimate: the configured homography stays"}[self.state]
         return health.Status(level, msg, vals)
-
-
-def yaml_value(h: np.ndarray) -> str:
-    """The homography as the YAML list of ``registration.homography``."""
-    return params_yaml(h).split("homography: ", 1)[1].split("  #", 1)[0]

@@ -61,8 +61,10 @@ except ImportError as e:  # pragma: no cover - depends on the ROS installation
     raise ImportError(f"moe_fusion_ros.node needs a ROS 2 (Humble or Jazzy) environment with rclpy, message_filters, "
                       f"vision_msgs and diagnostic_msgs: source /opt/ros/<distro>/setup.bash ({e})") from e
 
+from moe_fusion_core.registration import homography_yaml
+
 from . import health
-from .auto_registration import IDLE, AutoRegistration, yaml_value
+from .auto_registration import IDLE, AutoRegistration
 from .convert import to_ros
 from .inputs import InputFrontEnd, Single, matching_qos, other
 from .latest import BufferClosed, make_buffer
@@ -176,8 +178,10 @@ class FusionNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=str(e))
         self._apply(new)
         for p in ours:
-            if p.name == "registration.auto":  # setting it true (again) starts a new estimate
-                self._autoreg_start() if p.value else self.autoreg.stop()
+            if p.name == "registration.auto" and p.value:  # setting it true (again) starts a new estimate
+                self._autoreg_start()
+            elif p.name == "registration.auto":
+                self.autoreg.stop()
         return SetParametersResult(successful=True)
 
     def _autoreg_start(self) -> None:
@@ -187,15 +191,13 @@ class FusionNode(LifecycleNode):
 
     def _on_autoreg(self, est: Any) -> None:
         """A confident estimate (from the estimating thread): apply it as registration.homography, say so."""
-        from rclpy.parameter import Parameter
-
         h = [float(x) for x in est.h.ravel()]
         res = self.set_parameters([Parameter("registration.homography", Parameter.Type.DOUBLE_ARRAY, h)])[0]
         if not res.successful:
             self.get_logger().error(f"registration.auto: estimate not applied: {res.reason}")
             return
         self.get_logger().info(f"registration.auto: applied ({est.summary()}); to keep it, put in the parameter "
-                               f"file: registration.homography: {yaml_value(est.h)}")
+                               f"file: registration.homography: {homography_yaml(est.h)}")
 
     def _apply(self, p: FusionParams) -> None:
         """Live parameter changes take effect from the next message / pair."""

@@ -242,12 +242,11 @@ def _run(args: argparse.Namespace) -> int:
                         info_written += 1
                     written += 1
                     ir, vis, res = pipe.last
-                    sec, nsec = divmod(p.rgb_stamp_ns, 1_000_000_000)
-                    scores = metrics.add(res.fused, ir, vis, f"rgb {sec}.{nsec:09d} + thermal "
-                                         f"{p.thermal_stamp_ns // 10**9}.{p.thermal_stamp_ns % 10**9:09d}")
+                    rgb_s = _seconds(p.rgb_stamp_ns)
+                    scores = metrics.add(res.fused, ir, vis, f"rgb {rgb_s} + thermal {_seconds(p.thermal_stamp_ns)}")
                     if html_report is not None:
                         html_report.add_pair(
-                            f"{written:03d}_rgb_{sec}.{nsec:09d}", ir, vis,
+                            f"{written:03d}_rgb_{rgb_s}", ir, vis,
                             res.color if res.color is not None else res.fused, res.detections, res.gates,
                             tag=f"thermal Δt {entry['dt_ms']:+.1f} ms",
                             timings_ms={"fuse": res.timings_ms.get("total", float("nan"))},
@@ -353,3 +352,9 @@ def _run(args: argparse.Namespace) -> int:
     if written == 0 and sum(counts.values()) > 0 and not pair_log:
         print("  no pair was made: check --slop / --thermal-offset and the stamps of both topics", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _seconds(stamp_ns: int) -> str:
+    """A stamp as ``sec.nanosec`` (9 digits), the way pairs are named in the report and on stderr."""
+    sec, nsec = divmod(stamp_ns, 1_000_000_000)
+    return f"{sec}.{nsec:09d}"

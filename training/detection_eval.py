@@ -96,10 +96,13 @@ def run_model(ckpt: str, frames: list[Any]) -> tuple[dict[str, list[Box]], dict[
 
 
 def model_thresholds(engine: FusionEngine) -> dict[int, float]:
-    det = engine.config.model.detector
-    per = getattr(det, "score_thresholds", None) or {}
-    return {LABEL_CLASSES.index(canonical_class(n)): float(per.get(n, det.score_threshold))
-            for n in engine.class_names if canonical_class(n) in LABEL_CLASSES}
+    """The model's own published thresholds (the engine's rule), by label class."""
+    own, engine.score_threshold = engine.score_threshold, None  # run_model's engine publishes everything
+    try:
+        return {LABEL_CLASSES.index(canonical_class(n)): engine.threshold_for(n)
+                for n in engine.class_names if canonical_class(n) in LABEL_CLASSES}
+    finally:
+        engine.score_threshold = own
 
 
 def fmt(x: float | None) -> str:

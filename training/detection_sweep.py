@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     engine = FusionEngine(args.checkpoint, device="cpu", score_threshold=0.0)
     names = engine.class_names
+    model_cls = [canonical_class(n) for n in names]
     held = set(read_split_file(args.split)) if args.split else None
     gt: dict[str, list[Box]] = {}
     raw: dict[str, list[dict[str, torch.Tensor]]] = {}
@@ -84,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
             ir, vis = read_ir(rec.ir), read_vis(rec.vis)
             h, w = vis.shape[:2]
             b = rec.boxes * np.array([w, h, w, h], np.float32) if rec.boxes_normalized else rec.boxes
-            model_cls = [canonical_class(n) for n in names]
             known = [LABEL_CLASSES[c] in model_cls for c in rec.labels.tolist()]  # boxes of classes the model knows
             gt[rec.key] = [Box(tuple(x), model_cls.index(LABEL_CLASSES[c])) for x, c, k in
                            zip(b.tolist(), rec.labels.tolist(), known) if k]
