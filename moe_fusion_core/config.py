@@ -75,6 +75,7 @@ class ModelConfig:
     encoder_channels: int = 16  # x_enc width; x_dense = 4 × this
     local_hidden: int = 8  # local expert: C → hidden → C
     global_channels: tuple[int, ...] = (64, 32, 16)  # global expert conv widths before the 1-channel output
+    global_reduce: int = 0  # > 0: each global expert starts with a 1×1 conv from x_f to this many channels
     mole: GateConfig = field(default_factory=lambda: GateConfig(grid=(120, 160), loss_coef=0.01))
     moge: GateConfig = field(default_factory=lambda: GateConfig(grid=(60, 80), loss_coef=0.02))
     combine: str = "logsumexp"  # "logsumexp" (authors' code) | "linear" (paper Eq. 2/4)
@@ -279,7 +280,29 @@ def embedded_config() -> Config:
     return cfg
 
 
-NAMED_CONFIGS = {"paper": paper_config, "embedded": embedded_config}
+def fast_config() -> Config:
+    """``embedded`` with the work moved out of the full-resolution layers (MODEL_CARD_FAST.md, "Architecture").
+
+    Every component of the method stays (encoders, attention, MoLE-fg/bg, MoGE, top-2 of 4 noisy gates, two
+    detectors); what changes: encoders 8 wide (local experts 8-4-8), each global expert opens with a 1×1
+    reduction of x_f to 16 channels and has widths 12-8, and the detectors' FPN is 64 wide (attention 32).
+    ~19 GFLOP per 640×480 pair for the fused image (the embedded model: 111).
+    """
+    cfg = embedded_config()
+    cfg.model.name = "fast"
+    cfg.model.encoder_channels = 8
+    cfg.model.local_hidden = 4
+    cfg.model.global_reduce = 16
+    cfg.model.global_channels = (12, 8)
+    cfg.model.mole.input_norm = "unit"
+    cfg.model.moge.input_norm = "unit"
+    assert cfg.model.detector is not None
+    cfg.model.detector.fpn_channels = 64
+    cfg.model.detector.attention_channels = 32
+    return cfg
+
+
+NAMED_CONFIGS = {"paper": paper_config, "embedded": embedded_config, "fast": fast_config}
 
 # Ablations of the paper's Table 2 / Fig. 7 as overrides on any config.
 ABLATIONS: dict[str, dict[str, Any]] = {

@@ -15,6 +15,8 @@ What it does, in order (MODEL_CARD.md, "Recipe"):
 4. every gate matrix (W_g, W_n of MoLE-fg, MoLE-bg, MoGE) is reset to zero, the paper's initialisation: routing
    starts from equal logits and is learnt again under the new gate settings (``--keep-gates``: not);
 5. ``--fresh-fusion``: only the detectors are copied, the fusion head keeps its fresh initialisation (ablations);
+   ``--backbones-only``: only the detectors' backbone bodies are copied (the fast model's stage 0: its other
+   layers have other widths than the source's);
 6. ``--detector-heads-from CKPT``: both detectors' RPN and box heads are taken from CKPT (a run of
    ``train.freeze_detector_features``, whose backbones and attention are those of ``--from``).
 
@@ -49,7 +51,7 @@ def _class_rows(key: str, old: list[str], new: list[str]) -> list[tuple[int, int
     return [(n * per + r, o * per + r) for n, o in pairs for r in range(per)]
 
 
-def transfer(src: MoEFusion, dst: MoEFusion, prefix: str = "") -> list[str]:
+def transfer(src: MoEFusion, dst: MoEFusion, prefix: str | tuple[str, ...] = "") -> list[str]:
     """Copy ``src``'s weights (those whose name starts with ``prefix``) into ``dst`` where names and shapes match
     (class rows of box predictors mapped by class name); returns the names of ``dst`` tensors left at their
     initialisation (fully or partly)."""
@@ -119,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-gates", action="store_true", help="keep the source's gate matrices")
     ap.add_argument("--fresh-fusion", action="store_true",
                     help="take only the detectors from the source; the fusion head starts from scratch (ablations)")
+    ap.add_argument("--backbones-only", action="store_true",
+                    help="take only the detectors' backbone bodies from the source (a model of other widths, e.g. "
+                         "the fast model from the default one); everything else starts from scratch")
     ap.add_argument("--detector-heads-from", type=Path, default=None,
                     help="take both detectors' RPN and box heads from this checkpoint (a detector-head stage)")
     ap.add_argument("--seed", type=int, default=0)
@@ -127,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     src, _ = load_model(args.source)
     dst = build_model(cfg.model)
-    fresh = transfer(src, dst, "detectors." if args.fresh_fusion else "")
+    prefix: str | tuple[str, ...] = "detectors." if args.fresh_fusion else ""
+    if args.backbones_only:
+        prefix = ("detectors.backbone_vis.body.", "detectors.backbone_ir.body.")
+    fresh = transfer(src, dst, prefix)
     if args.clone_moge_expert is not None:
         if not hasattr(dst.fusion, "moge"):
             raise ValueError("--clone-moge-expert: the target model has no MoGE")

@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from .detector import fpn_level
 from .experts import combine
 from .gate import gate_input
 from .moe_fusion import MoEFusion
@@ -284,17 +285,7 @@ class DeployFusion(nn.Module):
         fpn = self.backbones.fpn
         c = self.cfg.detector.fpn_channels
         if levels == "att":
-            level = self.cfg.att_level
-            feats = list(body.values())
-            inner = fpn.get_result_from_inner_blocks(feats[-1], -1)
-            p = fpn.get_result_from_layer_blocks(inner, -1) if level == len(feats) - 1 else None
-            for idx in range(len(feats) - 2, level - 1, -1):
-                lateral = fpn.get_result_from_inner_blocks(feats[idx], idx)
-                inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
-                if idx == level:
-                    p = fpn.get_result_from_layer_blocks(inner, idx)
-            if p is None:  # the extra max-pooled level
-                p = list(fpn(body).values())[level]
+            p = fpn_level(fpn, body, self.cfg.att_level)
             return self._mix_attend(p, c, reweight=False)[1], None
         levels_out = list(fpn(body).values())
         feats_out, att = [], None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -21,7 +22,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import DetectorConfig
@@ -63,6 +64,22 @@ def build_backbone(cfg: DetectorConfig) -> BackboneWithFPN:
         raise ValueError(f"unknown detector backbone {cfg.backbone!r} "
                          f"(resnet18 | resnet34 | resnet50 | mobilenet_v3_large)")
     return BackboneWithFPN(body, return_layers, in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
+
+
+def fpn_level(fpn: FeaturePyramidNetwork, body: OrderedDict[str, torch.Tensor], level: int) -> torch.Tensor:
+    """FPN output ``level`` alone from the backbone's features: the top-down path down to that level and its one
+    3×3 output conv, not the other levels' (the same numbers as ``fpn(body)[level]``; the max-pooled extra level
+    falls back to the whole FPN)."""
+    feats = list(body.values())
+    if level >= len(feats):
+        return list(fpn(body).values())[level]
+    inner = fpn.get_result_from_inner_blocks(feats[-1], -1)
+    if level == len(feats) - 1:
+        return fpn.get_result_from_layer_blocks(inner, -1)
+    for idx in range(len(feats) - 2, level - 1, -1):
+        lateral = fpn.get_result_from_inner_blocks(feats[idx], idx)
+        inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+    return fpn.get_result_from_layer_blocks(inner, level)
 
 
 class DetectionHead(nn.Module):
@@ -147,6 +164,13 @@ class AuxDetectors(nn.Module):
             a_vis.append(av)
             a_ir.append(ai)
         return f_vis, f_ir, a_vis, a_ir
+
+    def attention_at(self, vis: torch.Tensor, ir: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both attention maps at one FPN level only (what the fused image alone needs): the other levels' FPN
+        outputs, mixing and attention are skipped. Same numbers as :meth:`features` at that level."""
+        bv, bi = self.backbone_vis.body(self.normalize(vis)), self.backbone_ir.body(self.normalize(ir))
+        fv, fi = self.mixing(fpn_level(self.backbone_vis.fpn, bv, level), fpn_level(self.backbone_ir.fpn, bi, level))
+        return self.attention_vis(fv), self.attention_ir(fi)
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor, image_sizes: list[tuple[int, int]],
                 targets: list[dict[str, torch.Tensor]] | None = None, labelled: torch.Tensor | None = None,

@@ -25,15 +25,20 @@ class LocalExpert(nn.Module):
 
 
 class GlobalExpert(nn.Module):
-    """Four 3×3 convs with ReLU between them, ending in one channel with no activation.
+    """3×3 convs with ReLU between them, ending in one channel with no activation.
 
-    Widths 160 → 64 → 32 → 16 → 1 give 115,457 parameters (the paper's global expert).
+    Widths 160 → 64 → 32 → 16 → 1 give 115,457 parameters (the paper's global expert). ``reduce`` > 0 puts a
+    1×1 convolution (+ ReLU) to that many channels first (the ``fast`` configuration): the first 3×3 layer then
+    reads ``reduce`` channels instead of all of x_f, which is most of the expert's arithmetic.
     """
 
-    def __init__(self, in_channels: int = 160, widths: Sequence[int] = (64, 32, 16)) -> None:
+    def __init__(self, in_channels: int = 160, widths: Sequence[int] = (64, 32, 16), reduce: int = 0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
+        if reduce > 0:
+            layers += [nn.Conv2d(c, reduce, 1), nn.ReLU(inplace=True)]
+            c = reduce
         for w in widths:
             layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU(inplace=True)]
             c = w

@@ -48,9 +48,9 @@ class FusionHead(nn.Module):
             raise ValueError(f"unknown local_mode {cfg.local_mode!r} (mole | att_local | none)")
         global_in = 8 * c + local_out
         if cfg.use_moge:
-            self.moge = MoGE(global_in, cfg.global_channels, cfg.moge, cfg.combine)
+            self.moge = MoGE(global_in, cfg.global_channels, cfg.moge, cfg.combine, cfg.global_reduce)
         else:
-            self.decoder = GlobalExpert(global_in, cfg.global_channels)
+            self.decoder = GlobalExpert(global_in, cfg.global_channels, cfg.global_reduce)
 
     def forward(self, vis: torch.Tensor, ir: torch.Tensor, att: torch.Tensor) -> FusionHeadOutput:
         enc_v, dense_v = self.encoder_vis(vis)

@@ -66,11 +66,15 @@ class MoEFusion(nn.Module):
             if vis_rgb is not None:
                 vis_rgb = F.pad(vis_rgb, (0, pw, 0, ph))
         size = (h + ph, w + pw)
-        det = None
-        if self.detectors is not None:
+        det, det_att = None, None
+        level = self.cfg.att_level
+        if self.detectors is not None and run_fusion and targets is None and not need_detections \
+                and not return_det_att:  # the fused image alone: only the attention level's maps
+            det_vis = vis_rgb if (self.cfg.detector.rgb_visible and vis_rgb is not None) else vis
+            att = self.fusion.att(*self.detectors.attention_at(det_vis, ir, level), size)
+        elif self.detectors is not None:
             det_vis = vis_rgb if (self.cfg.detector.rgb_visible and vis_rgb is not None) else vis
             det = self.detectors(det_vis, ir, [(h, w)] * ir.shape[0], targets, labelled, need_detections)
-            level = self.cfg.att_level
             det_att = (det.att_vis[level], det.att_ir[level]) if return_det_att else None
             if not run_fusion:
                 return MoEFusionOutput(fused=None, att=None, gates={}, load_loss=ir.new_zeros(()),
@@ -78,7 +82,6 @@ class MoEFusion(nn.Module):
             att = self.fusion.att(det.att_vis[level], det.att_ir[level], size)
         else:
             att = ir.new_full((ir.shape[0], 1, *size), self.cfg.fixed_att)
-            det_att = None
         head = self.fusion(vis, ir, att)
         fused = head.fused[..., :h, :w]
         return MoEFusionOutput(

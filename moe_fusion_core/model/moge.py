@@ -16,14 +16,15 @@ from .mole import MixtureOutput
 class MoGE(nn.Module):
     """Top-K of N global experts, every expert sees the whole x_f; output 1 channel, unbounded."""
 
-    def __init__(self, in_channels: int, widths: Sequence[int], cfg: GateConfig, combine: str) -> None:
+    def __init__(self, in_channels: int, widths: Sequence[int], cfg: GateConfig, combine: str,
+                 reduce: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
         self.combine = combine
         gh, gw = cfg.grid
         self.gate = NoisyTopKGate(in_channels * gh * gw, cfg.num_experts, cfg.top_k, cfg.noisy, cfg.loss_coef,
                                   cfg.input_norm)
-        self.experts = nn.ModuleList(GlobalExpert(in_channels, widths) for _ in range(cfg.num_experts))
+        self.experts = nn.ModuleList(GlobalExpert(in_channels, widths, reduce) for _ in range(cfg.num_experts))
 
     def forward(self, x_f: torch.Tensor) -> MixtureOutput:
         g = self.gate(gate_input(x_f, self.cfg.grid, self.cfg.pool))
