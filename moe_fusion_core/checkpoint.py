@@ -168,7 +168,7 @@ def load_model(path: str | Path | None, device: str | torch.device = "cpu",
 # ---------------------------------------------------------------- ``moe-fusion export``
 def add_arguments(p: Any) -> None:
     p.add_argument("checkpoint", nargs="?", default=None,
-                   help=f"checkpoint to export: RUN_DIR/final, a {CHECKPOINT_HELP}")
+                   help=f"checkpoint to export (e.g. RUN_DIR/final): {CHECKPOINT_HELP}")
     p.add_argument("out", type=Path, nargs="?", default=None,
                    help="output model folder (model.safetensors + config.yaml); not with --onnx")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored precision")
