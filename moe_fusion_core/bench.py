@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .embedded import CHECKPOINT_HELP
+
 STAGE_MODULES = {
     "backbones_attention": ("detectors.backbone_vis", "detectors.backbone_ir", "detectors.mixing",
                             "detectors.attention_vis", "detectors.attention_ir"),
@@ -50,7 +52,7 @@ STAGE_MODULES = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="named config to benchmark with its initial weights "
                    "(timing does not depend on the weights' values); default: the embedded model's checkpoint")
-    p.add_argument("--checkpoint", type=Path, default=None, help="model folder (default: embedded model)")
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
     p.add_argument("--sizes", default="640x480", help="comma-separated WxH list")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes")

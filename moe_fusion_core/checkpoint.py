@@ -3,7 +3,8 @@
 A checkpoint is a folder ``<dir>/`` holding ``model.safetensors`` (tensors) and ``config.yaml``; training
 checkpoints add ``train_state.safetensors`` (optimizer, scheduler, RNG states as tensors) and
 ``train_state.json`` (step, epoch, plain values). A path to a ``.safetensors`` file also loads, with its
-config read from the file's metadata or the sibling ``config.yaml``.
+config read from the file's metadata or the sibling ``config.yaml``. Wherever a checkpoint is read, the names of
+the embedded models (``default``, ``fast``) work too (:func:`~moe_fusion_core.embedded.resolve_checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import Config
+from .embedded import CHECKPOINT_HELP, EMBEDDED_MODELS, resolve_checkpoint
 from .model import MoEFusion, build_model
 
 MODEL_FILE = "model.safetensors"
@@ -106,16 +108,17 @@ def _config_from_yaml(cfg_file: Path) -> Config:
         raise CheckpointError(f"{cfg_file}: invalid config ({e})") from e
 
 
-def read_config(path: str | Path) -> Config:
-    """The config stored with a checkpoint (folder or .safetensors file)."""
-    path = Path(path)
+def read_config(path: str | Path | None) -> Config:
+    """The config stored with a checkpoint (folder, .safetensors file or embedded model name)."""
+    path = resolve_checkpoint(path)
     if path.is_dir():
         cfg_file = path / CONFIG_FILE
         if cfg_file.is_file():
             return _config_from_yaml(cfg_file)
         path = path / MODEL_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: no checkpoint here (expected a folder with {MODEL_FILE} + {CONFIG_FILE})")
+        raise CheckpointError(f"{path}: no checkpoint here (expected a folder with {MODEL_FILE} + {CONFIG_FILE}, "
+                              f"a .safetensors file, or an embedded model: {', '.join(EMBEDDED_MODELS)})")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -132,10 +135,12 @@ def read_config(path: str | Path) -> Config:
     raise CheckpointError(f"{path}: no config in the file's metadata and no {CONFIG_FILE} beside it")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu",
+def load_model(path: str | Path | None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> tuple[MoEFusion, Config]:
-    """Build the model from the checkpoint's config and load its weights (strict; safetensors only)."""
-    path = Path(path)
+    """Build the model from the checkpoint's config and load its weights (strict; safetensors only).
+
+    ``path``: a checkpoint folder, a .safetensors file or an embedded model name; ``None``: the default model."""
+    path = resolve_checkpoint(path)
     cfg = read_config(path)
     weights = path / MODEL_FILE if path.is_dir() else path
     try:
@@ -162,7 +167,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
 
 # ---------------------------------------------------------------- ``moe-fusion export``
 def add_arguments(p: Any) -> None:
-    p.add_argument("checkpoint", type=Path, help="checkpoint folder (e.g. RUN_DIR/final) or .safetensors file")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help=f"checkpoint to export (e.g. RUN_DIR/final): {CHECKPOINT_HELP}")
     p.add_argument("out", type=Path, nargs="?", default=None,
                    help="output model folder (model.safetensors + config.yaml); not with --onnx")
     p.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16", help="stored precision")

@@ -33,9 +33,10 @@ import torch
 
 from .checkpoint import load_model
 from .config import Config, check_score_thresholds
+from .embedded import EMBEDDED_MODELS, resolve_checkpoint
 from .image_io import rgb_to_luma, to_8bit
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_DIR = EMBEDDED_MODELS["default"]
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GATE_NAMES = ("mole_fg", "mole_bg", "moge")
@@ -94,7 +95,10 @@ def to_uint8(fused: torch.Tensor) -> np.ndarray:
 
 
 class FusionEngine:
-    """Loads a checkpoint once and fuses infrared/visible pairs (see the module docstring for the input policy)."""
+    """Loads a checkpoint once and fuses infrared/visible pairs (see the module docstring for the input policy).
+
+    ``checkpoint``: a model folder, a .safetensors (or, with onnxruntime, .onnx) file, or an embedded model's name
+    (``default``, ``fast``); ``None``: the default model (:func:`~moe_fusion_core.embedded.resolve_checkpoint`)."""
 
     def __init__(self, checkpoint: str | Path | None = None, device: str | torch.device | None = None,
                  precision: str = "fp32", detections: bool = True, compile: bool = False, warmup: int = 0,
@@ -115,10 +119,7 @@ class FusionEngine:
         if backend == "onnxruntime" and precision != "fp32":
             raise ValueError(f"backend 'onnxruntime' runs the exported fp32 graph; got precision {precision!r} "
                              "(for half precision build a TensorRT engine: docs/benchmarks.md)")
-        path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-        if checkpoint is None and not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(f"the embedded default model is missing from {path}; reinstall the package "
-                                    "or pass checkpoint=PATH")
+        path = resolve_checkpoint(checkpoint)
         self.checkpoint = path
         self.backend = backend
         self.precision = precision

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from .embedded import CHECKPOINT_HELP
 from .image_io import ImageReadError, pair_by_stem, read_ir, read_vis, write_image
 from .report import draw_detections, latency_table
 from .tracking import DetectionTracker, check_classes, select_classes
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ir", required=True, type=Path, help="folder of infrared images")
     p.add_argument("--vis", required=True, type=Path, help="folder of visible images (same stems)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--checkpoint", type=Path, default=None, help="model folder or .safetensors (default: embedded)")
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--color", action="store_true", help="also write colour fused images")

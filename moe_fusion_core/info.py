@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from .config import Config, load_config
+from .embedded import CHECKPOINT_KINDS, resolve_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="named config (paper, embedded, embedded+wo_mole, …) or a YAML file")
-    src.add_argument("--checkpoint", type=Path, help="model folder or .safetensors file")
+    src.add_argument("--checkpoint", help=CHECKPOINT_KINDS)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -209,9 +210,9 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None:
         from .checkpoint import read_config
 
-        cfg = read_config(args.checkpoint)
-        info = model_info(cfg, source=str(args.checkpoint))
-        info["checkpoint"] = checkpoint_info(Path(args.checkpoint))
+        path = resolve_checkpoint(args.checkpoint)
+        info = model_info(read_config(path), source=str(path))
+        info["checkpoint"] = checkpoint_info(path)
     else:
         info = model_info(load_config(args.config), source=str(args.config))
     if args.json:

@@ -272,10 +272,7 @@ class FusionNode(LifecycleNode):
             self.get_logger().warning(f"CUDA unavailable: running on CPU instead of {device}")
             device = "cpu"
         t = time.perf_counter()
-        engine = FusionEngine(p.model_checkpoint or None, device=device, precision=p.model_precision,
-                              detections=p.model_detections, score_threshold=p.score_threshold(),
-                              max_side=p.model_max_side or None, backend=p.model_backend,
-                              deploy=p.model_deploy)
+        engine = FusionEngine(device=device, **p.engine_options())
         load_s = time.perf_counter() - t
         warm_s = engine.warmup(p.model_warmup_iters) if p.model_warmup_iters else 0.0
         name = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu"

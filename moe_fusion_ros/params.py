@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from moe_fusion_core.embedded import CHECKPOINT_KINDS
 from moe_fusion_core.preprocess import MODES, ThermalNormalization
 
 TYPES = {"bool": bool, "int": int, "double": float, "string": str, "double_array": list, "string_array": list}
@@ -37,7 +38,7 @@ class ParamSpec:
 
 
 DECLARATIONS: tuple[ParamSpec, ...] = (
-    ParamSpec("model.checkpoint", "", "string", "model folder or .safetensors file; empty = the embedded model",
+    ParamSpec("model.checkpoint", "", "string", f"{CHECKPOINT_KINDS}; empty = the embedded default model",
               read_only=True),
     ParamSpec("model.device", "cuda:0", "string", "torch device: cuda:N or cpu", read_only=True),
     ParamSpec("model.allow_cpu_fallback", False, "bool", "run on CPU when the CUDA device is unavailable",
@@ -186,6 +187,13 @@ class FusionParams:
     def score_threshold(self) -> float | None:
         """The detection score threshold, or ``None``: the model's own."""
         return None if self.model_score_threshold < 0 else self.model_score_threshold
+
+    def engine_options(self) -> dict[str, Any]:
+        """The ``FusionEngine`` keyword arguments these parameters select, all but the device (the node may fall
+        back to the CPU)."""
+        return {"checkpoint": self.model_checkpoint, "precision": self.model_precision,
+                "detections": self.model_detections, "score_threshold": self.score_threshold(),
+                "max_side": self.model_max_side or None, "backend": self.model_backend, "deploy": self.model_deploy}
 
     def homography(self) -> tuple[float, ...] | None:
         """The registration homography, or ``None`` for the identity (resize only)."""

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moe_fusion_core.embedded import CHECKPOINT_HELP
 from moe_fusion_core.preprocess import MODES, ThermalNormalization
 from moe_fusion_core.report import PairMetrics
 from moe_fusion_core.tracking import add_arguments as add_detection_arguments
@@ -67,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rgb-info-topic", default=None,
                    help="RGB CameraInfo topic (default: camera_info beside --rgb-topic, used when present)")
     p.add_argument("--no-camera-info", action="store_true", help="do not write /fused/camera_info")
-    p.add_argument("--checkpoint", type=Path, default=None, help="model folder (default: embedded model)")
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--slop", type=float, default=0.02, help="max |stamp difference| of a pair, seconds")

@@ -1,4 +1,5 @@
-"""The static deploy path (``FusionEngine(deploy=True)``, :class:`DeployFusion`) answers as the eager model does."""
+"""The static deploy path (``FusionEngine(deploy=True)``, :class:`DeployFusion`) answers as the eager model does,
+for each embedded model (``default``, ``fast``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import pytest
 import torch
 from real_pairs import msrs_pairs
 
+from moe_fusion_core.embedded import EMBEDDED_MODELS
 from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
 from moe_fusion_core.model.deploy import DeployFusion, area_pool_matrix, gate_features
 
-STEMS = ("00081D", "01023N")  # MSRS validation pairs (day, night) the shipped model routes to different experts
+STEMS = ("00081D", "01023N")  # MSRS validation pairs (day, night) the shipped models route to different experts
 SIZE = (320, 240)
 
 
@@ -20,9 +22,9 @@ def pairs(data_dir) -> list[tuple[np.ndarray, np.ndarray]]:
     return msrs_pairs(data_dir, STEMS, SIZE)
 
 
-@pytest.fixture(scope="module")
-def eager() -> FusionEngine:
-    return FusionEngine(device="cpu", deploy=False)  # the shipped model
+@pytest.fixture(scope="module", params=sorted(EMBEDDED_MODELS))
+def eager(request) -> FusionEngine:
+    return FusionEngine(request.param, device="cpu", deploy=False)  # a shipped model, by name
 
 
 def _routes(res) -> tuple:
@@ -46,7 +48,7 @@ def test_deploy_path_matches_the_eager_model_on_real_pairs_in_one_batch(eager, p
     ref = eager.fuse_batch(pairs)
     assert len(set(map(_routes, ref))) > 1, "the chosen pairs must route to different experts"
     assert sum(len(r.detections) for r in ref) > 0
-    deploy = FusionEngine(device="cpu")  # the default path
+    deploy = FusionEngine(eager.checkpoint, device="cpu")  # the default path
     assert deploy.path == "deploy" and deploy.moe == "gather"
     for a, b in zip(deploy.fuse_batch(pairs), ref):
         _assert_same(a, b)
@@ -58,7 +60,7 @@ def test_deploy_path_matches_the_eager_model_on_real_pairs_in_one_batch(eager, p
 
 
 def test_dense_mixtures_with_zero_weights_match_the_sparse_eager_model(eager, pairs):
-    dense = FusionEngine(device="cpu", moe="dense", detections=False)
+    dense = FusionEngine(eager.checkpoint, device="cpu", moe="dense", detections=False)
     for a, b in zip(dense.fuse_batch(pairs), eager.fuse_batch(pairs, detections=False)):
         _assert_same(a, b)
 
@@ -80,14 +82,15 @@ def test_deploy_graph_rejects_unknown_moe_mode(eager):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (CI has none; run on a GPU machine)")
-def test_cuda_graph_deploy_path_matches_the_cpu_eager_reference(data_dir):
+@pytest.mark.parametrize("name", sorted(EMBEDDED_MODELS))
+def test_cuda_graph_deploy_path_matches_the_cpu_eager_reference(data_dir, name):
     """On CUDA the deploy graph is captured once per input size and replayed: fp32 within 1 grey level of CPU
     eager, fp16/bf16 within the precision test's tolerance; a second size captures a second graph."""
     ir = read_ir(data_dir / "msrs" / "ir" / "00004N.png")
     vis = read_vis(data_dir / "msrs" / "vis" / "00004N.png")
-    ref = FusionEngine(device="cpu", deploy=False).fuse(ir, vis)
+    ref = FusionEngine(name, device="cpu", deploy=False).fuse(ir, vis)
     for precision, mean_tol, max_tol in (("fp32", 0.05, 2), ("fp16", 0.5, 8), ("bf16", 1.5, 16)):
-        eng = FusionEngine(device="cuda", precision=precision)
+        eng = FusionEngine(name, device="cuda", precision=precision)
         assert eng.cuda_graphs
         for _ in range(2):  # capture, then replay
             out = eng.fuse(ir, vis)

@@ -126,8 +126,11 @@ def test_every_lifecycle_order_leaves_no_thread_or_subscription_behind(probe):
 
 
 def test_failed_configure_says_why_and_the_node_recovers_after_fixing_the_parameter(probe, tmp_path, capfd):
+    """Fixed by naming an embedded model: model.checkpoint "fast" loads moe_fusion_core/fast_model."""
     from rclpy.lifecycle import TransitionCallbackReturn as R
     from rclpy.parameter import Parameter
+
+    from moe_fusion_core.embedded import EMBEDDED_MODELS
 
     missing = tmp_path / "no_such_model"
     node = make_node(**{"model.checkpoint": str(missing)})
@@ -135,12 +138,14 @@ def test_failed_configure_says_why_and_the_node_recovers_after_fixing_the_parame
         assert node.trigger_configure() == R.FAILURE
         err = capfd.readouterr().err
         assert "configure failed: CheckpointError" in err and f"{missing}: no checkpoint here" in err
+        assert "embedded model: default, fast" in err
         assert settle(probe, {"subs": 0, "pubs": 0}) == {"subs": 0, "pubs": 0}
         # unconfigured: model parameters may change (configured, they are refused), bad values never
         bad = node.set_parameters([Parameter("model.device", value="gpu7")])[0]
         assert not bad.successful and "model.device" in bad.reason
-        assert node.set_parameters([Parameter("model.checkpoint", value="")])[0].successful
+        assert node.set_parameters([Parameter("model.checkpoint", value="fast")])[0].successful
         assert node.trigger_configure() == R.SUCCESS
+        assert node.engine.checkpoint == EMBEDDED_MODELS["fast"] and node.engine.config.model.name == "fast"
         refused = node.set_parameters([Parameter("model.checkpoint", value=str(missing))])[0]
         assert not refused.successful and "read-only while the node is configured" in refused.reason
         assert node.trigger_cleanup() == R.SUCCESS

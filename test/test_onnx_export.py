@@ -1,7 +1,9 @@
-"""``moe-fusion export --onnx``: the exported graph under ONNX Runtime answers as PyTorch does (issue #16)."""
+"""``moe-fusion export --onnx``: the exported graph under ONNX Runtime answers as PyTorch does (issue #16), for each
+embedded model (``default``, ``fast``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip instal
 from content import assert_real_picture, assert_same_picture  # noqa: E402
 from real_pairs import msrs_pairs  # noqa: E402
 
+from moe_fusion_core.checkpoint import read_config  # noqa: E402
+from moe_fusion_core.embedded import EMBEDDED_MODELS  # noqa: E402
 from moe_fusion_core.engine import DEFAULT_MODEL_DIR, FusionEngine  # noqa: E402
 from moe_fusion_ros.cli import main  # noqa: E402
 
@@ -27,11 +31,22 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+@pytest.fixture(scope="module", params=sorted(EMBEDDED_MODELS))
+def embedded(request) -> str:
+    """The name of a shipped model."""
+    return request.param
+
+
+def export_args(name: str) -> list[str]:
+    """``moe-fusion export`` naming the embedded model; the default one is what it exports without a checkpoint."""
+    return ["export"] if name == "default" else ["export", name]
+
+
 @pytest.fixture(scope="module")
-def graph(tmp_path_factory) -> Path:
+def graph(embedded, tmp_path_factory) -> Path:
     """The shipped model with detections, height and width dynamic, exported through the CLI."""
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    assert main(["export", str(DEFAULT_MODEL_DIR), "--onnx", str(out), "--size", "192x160", "--dynamic"]) == 0
+    assert main([*export_args(embedded), "--onnx", str(out), "--size", "192x160", "--dynamic"]) == 0
     return out
 
 
@@ -39,7 +54,7 @@ def _pairs(data_dir, size) -> list[tuple[np.ndarray, np.ndarray]]:
     return msrs_pairs(data_dir, STEMS, size)
 
 
-def test_exported_graph_has_the_documented_inputs_outputs_and_opset(graph):
+def test_exported_graph_has_the_documented_inputs_outputs_and_opset(graph, embedded):
     proto = onnx.load(str(graph))
     onnx.checker.check_model(proto)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
@@ -48,14 +63,16 @@ def test_exported_graph_has_the_documented_inputs_outputs_and_opset(graph):
                                                     "boxes", "scores", "labels"]
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 1, "height", "width"]  # traced at 192x160, any size runs
-    assert any(p.key == "moe_fusion_config" for p in proto.metadata_props)
+    (config,) = [p.value for p in proto.metadata_props if p.key == "moe_fusion_config"]
+    want = read_config(EMBEDDED_MODELS[embedded]).to_dict()  # the model named (none: the default one)
+    assert json.loads(config) == json.loads(json.dumps(want))
 
 
 @pytest.mark.parametrize("size", [(320, 240), (301, 227)])  # the traced size differs; 301x227 needs padding
-def test_onnxruntime_matches_pytorch_on_real_pairs(graph, data_dir, size):
+def test_onnxruntime_matches_pytorch_on_real_pairs(graph, embedded, data_dir, size):
     """Fused image within 1 grey level; every detection above the score threshold matched at IoU ≥ 0.9."""
     ort = FusionEngine(graph, device="cpu", backend="onnxruntime")
-    ref = FusionEngine(device="cpu", deploy=False)
+    ref = FusionEngine(embedded, device="cpu", deploy=False)
     assert ort.path == "onnxruntime" and ort.detections and ort.class_names == ref.class_names
     matched = 0
     for ir, vis in _pairs(data_dir, size):
@@ -72,16 +89,15 @@ def test_onnxruntime_matches_pytorch_on_real_pairs(graph, data_dir, size):
     assert matched > 0, "the test pairs must have detections above the threshold"
 
 
-def test_fused_only_batched_graph_and_engine_batches(tmp_path, data_dir):
+def test_fused_only_batched_graph_and_engine_batches(embedded, tmp_path, data_dir):
     out = tmp_path / "fused.onnx"
-    assert main(["export", str(DEFAULT_MODEL_DIR), "--onnx", str(out), "--fused-only", "--size", "160x128",
-                 "--batch", "2"]) == 0
+    assert main([*export_args(embedded), "--onnx", str(out), "--fused-only", "--size", "160x128", "--batch", "2"]) == 0
     assert [o.name for o in onnx.load(str(out)).graph.output] == ["fused", "gates_mole_fg", "gates_mole_bg",
                                                                    "gates_moge"]
     eng = FusionEngine(out, device="cpu", backend="onnxruntime")
     assert not eng.detections
     pairs = _pairs(data_dir, (160, 128))
-    ref = FusionEngine(device="cpu", detections=False).fuse_batch(pairs)
+    ref = FusionEngine(embedded, device="cpu", detections=False).fuse_batch(pairs)
     for a, b in zip(eng.fuse_batch(pairs), ref):
         assert np.abs(a.fused.astype(int) - b.fused.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="exported for batch 2, got 3 pairs"):

@@ -138,3 +138,18 @@ def test_core_never_imports_ros_or_the_ros_package():
                 [n.module or ""] if isinstance(n, ast.ImportFrom) and n.level == 0 else []
             roots = {x.split(".")[0] for x in names}
             assert not roots & (ROS_MODULES | {"moe_fusion_ros"}), (str(f.relative_to(REPO)), names)
+
+
+def test_every_embedded_model_is_installed_as_package_data(setup_kwargs):
+    """Each folder of EMBEDDED_MODELS exists with its two files, and setup.py's package_data installs them."""
+    from fnmatch import fnmatch
+
+    from moe_fusion_core.embedded import EMBEDDED_MODELS
+
+    globs = setup_kwargs["package_data"]["moe_fusion_core"]
+    assert set(EMBEDDED_MODELS) == {"default", "fast"}
+    for name, folder in EMBEDDED_MODELS.items():
+        for f in ("model.safetensors", "config.yaml"):
+            assert (folder / f).is_file(), f"embedded model {name!r}: {folder / f} is missing"
+            rel = (folder / f).relative_to(REPO / "moe_fusion_core").as_posix()
+            assert any(fnmatch(rel, g) for g in globs), f"embedded model {name!r}: {rel} is not package data"

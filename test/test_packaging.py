@@ -1,5 +1,5 @@
 """pip packaging: every third-party module the packages import is a declared requirement, requirements.txt pins
-versions inside the declared ranges, and the wheel carries the default model, the launch and the parameter file."""
+versions inside the declared ranges, and the wheel carries the embedded models, the launch and the parameter file."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_requirements_pin_every_declared_dependency_inside_its_range(declared):
         assert req.specifier.contains(version), f"requirements pin {req.name}=={version} outside {req.specifier}"
 
 
-def test_wheel_carries_the_default_model_launch_and_parameter_files_and_not_the_sample(tmp_path):
+def test_wheel_carries_the_embedded_models_launch_and_parameter_files_and_not_the_sample(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "runs", "build", "install", "log", "*.egg-info", "__pycache__", ".pytest_cache",
@@ -152,6 +152,7 @@ def test_wheel_carries_the_default_model_launch_and_parameter_files_and_not_the_
     names = set(zipfile.ZipFile(wheel).namelist())
     data = "moe_fusion_ros-0.1.0.data/data/share/moe_fusion_ros"
     for need in ("moe_fusion_core/default_model/model.safetensors", "moe_fusion_core/default_model/config.yaml",
+                 "moe_fusion_core/fast_model/model.safetensors", "moe_fusion_core/fast_model/config.yaml",
                  "moe_fusion_core/report.py", "moe_fusion_ros/cli.py", f"{data}/launch/fusion.launch.py",
                  f"{data}/config/fusion.yaml", f"{data}/package.xml"):
         assert need in names, need
