@@ -301,6 +301,23 @@ def test_v3_split_holds_out_labelled_road_sequences_and_another_camera(data_dir)
     assert sum(r.has_boxes for r in train) >= 120
 
 
+def test_v4_split_holds_out_sequences_of_every_dataset(data_dir):
+    recs = _all_shared(data_dir) + read_dataset(data_dir / "msrs_det_more", ["person", "bike", "car"])[0]
+    keys = read_split_file(SPLIT_FILE.with_name("shared_val_v4.txt"))
+    train, val, missing = split_by_file(recs, keys)
+    guard = set(guard_frames(recs, set(keys)))
+    assert missing == [] and len(train) + len(val) + len(guard) == len(recs) == 592
+    assert {r.key for r in val} >= set(read_split_file(SPLIT_V3))  # v3 (and so v2's 64 pairs) stay validation
+    seq = assign_sequences(recs)
+    assert {seq[r.key] for r in train}.isdisjoint({seq[r.key] for r in val})
+    assert not guard & {r.key for r in train}
+    assert {r.dataset for r in val} == set(SHARED_FOLDERS) | {"msrs_det_more"}  # every dataset has validation pairs
+    for ds in ("roadscene", "m3svd"):  # both sides keep frames of these, the road sets by day and by night
+        assert {r.light for r in val if r.dataset == ds} == {r.light for r in train if r.dataset == ds} == {
+            "day", "night"}
+    assert sum(r.dataset == "roadscene" for r in val) >= 20 and sum(r.dataset == "roadscene" for r in train) >= 140
+
+
 def test_class_balanced_repeats_favour_frames_of_rare_classes(data_dir):
     recs = [r for r in read_dataset(data_dir / "msrs_det_more", ["person", "bicycle", "car"])[0] if r.has_boxes]
     assert class_balanced_repeats(recs, 0.0, seed=1) is recs
