@@ -50,10 +50,15 @@ def main() -> None:
     rows = [{"graph": g, "quantization": engines[g].quantization or "fp32", "threads": args.threads,
              "size": args.size, "rounds": args.rounds, "detections": args.detections,
              **{f"{k}_{q}_ms": round(float(np.percentile(v, pct)), 1) for k, v in t.items()
-                for q, pct in (("p50", 50), ("p95", 95))}} for g, t in times.items()]
+                for q, pct in (("p50", 50), ("p95", 95))}, "total_ms": [round(v, 1) for v in t["total"]]}
+            for g, t in times.items()]
     for r in rows:
         print(f"{r['graph']} ({r['quantization']}): fuse p50 {r['total_p50_ms']} ms, p95 {r['total_p95_ms']} ms; "
               f"inference p50 {r['inference_p50_ms']} ms")
+    base = times[str(args.graphs[0])]["total"]
+    for g, t in list(times.items())[1:]:  # same round, same load: the ratio is steadier than either p50
+        ratio = np.median(np.asarray(t["total"]) / np.asarray(base))
+        print(f"{g} / {args.graphs[0]}: median per-round time ratio {ratio:.3f}")
     print(f"load average (1 min) before/after: {load[0]} / {load[1]}")
     if args.json is not None:
         args.json.write_text(json.dumps({"rows": rows, "loadavg": load}, indent=1))

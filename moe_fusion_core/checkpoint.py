@@ -180,7 +180,8 @@ def add_arguments(p: Any) -> None:
                         "zero weights for the unselected ones (constant kernels)")
     p.add_argument("--int8", action="store_true",
                    help="ONNX: quantize to INT8 for CPUs (ONNX Runtime static quantization, QDQ, per-channel "
-                        "weights) calibrated on --calibrate; run it as any .onnx (docs/benchmarks.md: INT8)")
+                        "weights) calibrated on --calibrate; runs as any .onnx. Experimental: for the embedded "
+                        "model barely faster and off by up to 10 %% on the metrics (docs/benchmarks.md: INT8)")
     p.add_argument("--calibrate", type=Path, default=None, metavar="DIR",
                    help="--int8: folder of training pairs, DIR/ir + DIR/vis paired by file stem (as `moe-fusion "
                         "fuse`), each resized to --size; never validation pairs")

@@ -37,16 +37,15 @@ class ParamSpec:
 
 
 DECLARATIONS: tuple[ParamSpec, ...] = (
-    ParamSpec("model.checkpoint", "", "string", "model folder, .safetensors file or exported .onnx graph (with "
-              "model.backend onnxruntime); empty = the embedded model", read_only=True),
+    ParamSpec("model.checkpoint", "", "string", "model folder or .safetensors file; empty = the embedded model",
+              read_only=True),
     ParamSpec("model.device", "cuda:0", "string", "torch device: cuda:N or cpu", read_only=True),
     ParamSpec("model.allow_cpu_fallback", False, "bool", "run on CPU when the CUDA device is unavailable",
               read_only=True),
     ParamSpec("model.precision", "fp32", "string", "inference precision", choices=("fp32", "fp16", "bf16"),
               read_only=True),
     ParamSpec("model.backend", "torch", "string", "inference backend; onnxruntime runs the exported ONNX graph "
-              "(model.checkpoint may be a .onnx file, fp32 or INT8 from 'moe-fusion export --int8': the graph says "
-              "which)", choices=("torch", "onnxruntime"), read_only=True),
+              "(model.checkpoint may be a .onnx file)", choices=("torch", "onnxruntime"), read_only=True),
     ParamSpec("model.deploy", True, "bool", "torch backend: static-shape deploy graph (CUDA graphs on GPU); "
               "false = the eager model", read_only=True),
     ParamSpec("model.warmup_iters", 3, "int", "warm-up passes at 640x480 before the first frame", range=(0, 100),
