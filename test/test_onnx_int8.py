@@ -57,8 +57,9 @@ def test_int8_graph_is_quantized_and_says_so(int8_graph):
 def test_int8_graph_runs_in_the_engine_close_to_the_float_model(int8_graph, sample_dir):
     """Loose bound, as INT8 is not fp32: 8-bit activations step by 1/255 of each tensor's calibrated range and the
     errors of ~100 convolutions add up. At 640×480 with 16 calibration pairs the 64 validation pairs differ from the
-    fp32 graph by 1.2 grey levels on average (99th percentile 3; docs/benchmarks.md, INT8); here two calibration
-    pairs at 160×128 set the ranges, so the bound allows a few times that, but not a different picture."""
+    fp32 graph by 1.2 grey levels on average (99th percentile 3; docs/benchmarks.md, INT8), and this pair at 160×128
+    by 1.3 (99th percentile 3, correlation 0.9999). The bounds leave about 2.5× that for other CPUs' int8 kernels
+    (e.g. AVX2 without VNNI rounds and saturates differently), but not a different picture."""
     eng = FusionEngine(int8_graph, device="cpu", backend="onnxruntime")
     assert eng.quantization == "int8-qdq-per-channel" and eng.path == "onnxruntime" and not eng.detections
     ir, vis = _held_out_pair(sample_dir)
@@ -66,8 +67,8 @@ def test_int8_graph_runs_in_the_engine_close_to_the_float_model(int8_graph, samp
     want = reference_engine().fuse(ir, vis, detections=False).fused
     assert_real_picture(got, *eng.prepare(ir, vis))
     diff = np.abs(got.astype(float) - want.astype(float))
-    assert diff.mean() <= 4.0 and np.percentile(diff, 99) <= 24, (diff.mean(), np.percentile(diff, 99))
-    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] >= 0.98
+    assert diff.mean() <= 3.0 and np.percentile(diff, 99) <= 8, (diff.mean(), np.percentile(diff, 99))
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] >= 0.995
 
 
 def test_fuse_runs_an_onnx_checkpoint_on_onnxruntime(int8_graph, sample_dir, tmp_path):
