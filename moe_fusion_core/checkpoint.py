@@ -184,6 +184,29 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--moe", choices=["gather", "dense"], default="gather",
                    help="ONNX: mixtures as gathered top-K expert kernels (sparse FLOPs) or all experts with "
                         "zero weights for the unselected ones (constant kernels)")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX: quantize to INT8 for CPUs (ONNX Runtime static quantization, QDQ, per-channel "
+                        "weights) calibrated on --calibrate; runs as any .onnx. Experimental: for the embedded "
+                        "model barely faster and off by up to 10 %% on the metrics (docs/benchmarks.md: INT8)")
+    p.add_argument("--calibrate", type=Path, default=None, metavar="DIR",
+                   help="--int8: folder of training pairs, DIR/ir + DIR/vis paired by file stem (as `moe-fusion "
+                        "fuse`), each resized to --size; never validation pairs")
+    p.add_argument("--calibrate-pairs", type=int, default=16, metavar="N",
+                   help="--int8: calibrate on N pairs of DIR, evenly spaced over its sorted stems")
+
+
+def _check_int8_arguments(args: Any) -> None:
+    """``--int8`` needs ``--calibrate DIR`` and a batch-1 graph; ``--calibrate`` needs ``--int8``."""
+    if not args.int8:
+        if args.calibrate is not None:
+            raise ValueError("--calibrate DIR is for --int8 (the float graph needs no calibration)")
+        return
+    if args.calibrate is None:
+        raise ValueError("--int8 needs --calibrate DIR: a folder of training pairs (DIR/ir, DIR/vis) to measure "
+                         "the activation ranges on")
+    if args.batch != 1:
+        raise ValueError(f"--int8 quantizes batch-1 graphs (calibration feeds one pair a call), got --batch "
+                         f"{args.batch}")
 
 
 def run(args: Any) -> int:
@@ -193,13 +216,29 @@ def run(args: Any) -> int:
 
         if args.out is not None:
             raise ValueError("give either OUT (a model folder) or --onnx OUT.onnx, not both")
+        _check_int8_arguments(args)
+        size = parse_size(args.size)
+        if args.int8:  # a wrong calibration folder fails before the export
+            from .onnx_export import calibration_feeds, calibration_pairs, quantize_onnx
+
+            pairs = calibration_pairs(args.calibrate, args.calibrate_pairs)
         model, cfg = load_model(args.checkpoint)
-        path = export_onnx(model, cfg, args.onnx, fused_only=args.fused_only, size=parse_size(args.size),
-                           batch=args.batch, dynamic=args.dynamic, moe=args.moe)
+        float_path = args.onnx.with_name(f".{args.onnx.name}.fp32-{os.getpid()}.onnx") if args.int8 else args.onnx
+        try:
+            path = export_onnx(model, cfg, float_path, fused_only=args.fused_only, size=size, batch=args.batch,
+                               dynamic=args.dynamic, moe=args.moe)
+            if args.int8:
+                path = quantize_onnx(float_path, args.onnx, calibration_feeds(float_path, pairs, size))
+        finally:
+            if args.int8:
+                float_path.unlink(missing_ok=True)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, opset 17, "
               f"{'fused only' if args.fused_only or model.detectors is None else 'with detections'}, "
-              f"{'dynamic height/width' if args.dynamic else args.size})")
+              f"{'dynamic height/width' if args.dynamic else args.size}"
+              f"{f', INT8 calibrated on {len(pairs)} pairs of {args.calibrate}' if args.int8 else ''})")
         return 0
+    if args.int8 or args.calibrate is not None:
+        raise ValueError("--int8 and --calibrate quantize an ONNX graph: add --onnx OUT.onnx")
     if args.out is None:
         raise ValueError("missing OUT (the model folder to write), or use --onnx OUT.onnx")
     model, cfg = load_model(args.checkpoint)

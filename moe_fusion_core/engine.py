@@ -17,7 +17,9 @@ Execution (same outputs within float tolerance; docs/benchmarks.md has the timin
   encoders, fused-only work cut to what the fused image needs); on CUDA it is captured in one CUDA graph per
   input size and replayed (``cuda_graphs``). ``deploy=False``: the eager training model.
 - ``backend="onnxruntime"``: an exported graph (``checkpoint`` an ``.onnx`` file from ``moe-fusion export --onnx``,
-  or a checkpoint that is exported once into a cache) run by ONNX Runtime; fp32 only.
+  or a checkpoint that is exported once into a cache) run by ONNX Runtime; fp32 only. An INT8 graph
+  (``moe-fusion export --onnx OUT --int8 --calibrate DIR``) is such a file too: the engine reads its quantization
+  from the graph's metadata (``quantization``), nothing else changes.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class FusionEngine:
         self.thermal_normalizer = thermal_normalizer
         self.model = None
         self.deploy = None
+        self.quantization: str | None = None  # e.g. 'int8-qdq-per-channel' for a quantized ONNX graph
         self._sessions: dict[bool, object] = {}
         self._graphs: dict[tuple, tuple] = {}
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and deploy and not compile
@@ -141,6 +144,9 @@ class FusionEngine:
         self.moe = "gather" if moe == "auto" else moe
         if backend == "onnxruntime":
             self._init_onnxruntime(path, detections)
+        elif path.suffix == ".onnx":
+            raise ValueError(f"{path} is an ONNX graph: run it with backend 'onnxruntime' (node: "
+                             "model.backend:=onnxruntime)")
         else:
             self.model, self.config = load_model(path, self.device)
             self.model.eval()
@@ -180,6 +186,7 @@ class FusionEngine:
             graphs = cached_exports(path, (True, False) if detections and has_det else (True,), moe=self.moe)
             self._sessions = {not fused_only: OnnxSession(p, self.device) for fused_only, p in graphs.items()}
         self.config = next(iter(self._sessions.values())).config
+        self.quantization = next(iter(self._sessions.values())).quantization
         self.has_detectors = any(self._sessions)
 
     @property
@@ -360,10 +367,20 @@ class FusionEngine:
         graph.replay()
         return out
 
+    @staticmethod
+    def _onnx_feeds(ir_t: torch.Tensor, vis_t: torch.Tensor, rgb_t: torch.Tensor) -> dict[str, np.ndarray]:
+        return {"ir": ir_t.cpu().numpy(), "vis": vis_t.cpu().numpy(), "vis_rgb": rgb_t.cpu().numpy()}
+
+    def feeds(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], vis_order: str = "rgb") -> dict[str, np.ndarray]:
+        """Pairs of one visible size as the network's inputs, by the ONNX graph's input names (float32 N×C×H×W
+        in [0, 1]; ``vis_rgb`` is used only by graphs that have it): what ONNX Runtime is fed, e.g. to calibrate."""
+        prepared = [self.prepare(ir, vis, vis_order) for ir, vis in pairs]
+        return self._onnx_feeds(*self._tensors([p[0] for p in prepared], [p[1] for p in prepared]))
+
     def _run_onnxruntime(self, ir_t: torch.Tensor, vis_t: torch.Tensor, rgb_t: torch.Tensor, want_det: bool
                          ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[dict[str, torch.Tensor]] | None]:
         sess = self._sessions.get(want_det) or self._sessions.get(True)
-        feeds = {"ir": ir_t.cpu().numpy(), "vis": vis_t.cpu().numpy(), "vis_rgb": rgb_t.cpu().numpy()}
+        feeds = self._onnx_feeds(ir_t, vis_t, rgb_t)
         batch = ir_t.shape[0]
         if sess.batch not in (None, 1, batch):
             raise ValueError(f"{sess.path} was exported for batch {sess.batch}, got {batch} pairs")

@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .embedded import CHECKPOINT_HELP
+from .embedded import CHECKPOINT_KINDS
 from .image_io import ImageReadError, pair_by_stem, read_ir, read_vis, write_image
 from .report import draw_detections, latency_table
 from .tracking import DetectionTracker, check_classes, select_classes
@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ir", required=True, type=Path, help="folder of infrared images")
     p.add_argument("--vis", required=True, type=Path, help="folder of visible images (same stems)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", default=None,
+                   help=f"{CHECKPOINT_KINDS}, or an exported .onnx graph (fp32 or INT8, run by ONNX Runtime); "
+                        "default: the embedded default model")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--color", action="store_true", help="also write colour fused images")
@@ -78,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
 
         report = HtmlReport(args.html_report, f"moe-fusion fuse: {args.ir} + {args.vis}")
         pair_metrics = PairMetrics("paper")
+    onnx_graph = args.checkpoint is not None and Path(args.checkpoint).suffix == ".onnx"
     engine = FusionEngine(args.checkpoint, device=args.device, precision=args.precision,
+                          backend="onnxruntime" if onnx_graph else "torch",
                           detections=args.detections or report is not None,
                           score_threshold=args.score_threshold, mismatch=args.mismatch)
     classes = check_classes(args.classes, engine.class_names)
@@ -140,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         "fused": fused_count, "pairs": len(listing.pairs), "failed": failed,
         "unpaired": listing.unpaired, "duplicates": listing.duplicates,
         "checkpoint": str(engine.checkpoint), "device": str(engine.device), "precision": engine.precision,
+        "backend": engine.backend, "quantization": engine.quantization,
         "latency_ms": latency_table(timings),
     }
     if report is not None:

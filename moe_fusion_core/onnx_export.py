@@ -13,7 +13,8 @@ Graph contract (opset 17):
   the graph: ONNX has no op for it). :class:`~moe_fusion_core.engine.FusionEngine` applies it; a TensorRT
   runtime applies it on the host.
 - the model's config is stored in the ONNX metadata (``moe_fusion_config``, JSON), so a runtime needs no
-  checkpoint beside the file.
+  checkpoint beside the file. An INT8 graph (:func:`quantize_onnx`) has the same contract and also
+  ``moe_fusion_quantization`` (e.g. ``int8-qdq``).
 
 The TorchScript-based exporter is used: torchvision's RPN and RoI heads (proposal filtering, NMS) export through
 it, not through ``torch.export`` (their box counts are data-dependent). ``dynamic=True`` leaves height and width
@@ -38,6 +39,7 @@ from .model.deploy import DeployFusion
 
 OPSET = 17
 CONFIG_KEY = "moe_fusion_config"
+QUANT_KEY = "moe_fusion_quantization"
 GRAPH_VERSION = 2  # 2: detections before the cross-detector merge (the cache key changes with it)
 GATE_OUTPUTS = ("mole_fg", "mole_bg", "moge")
 
@@ -102,12 +104,84 @@ def export_onnx(model: nn.Module, cfg: Config, out: str | Path, *, fused_only: b
             warnings.simplefilter("ignore")  # the tracer's notes on torchvision's shape arithmetic
             torch.onnx.export(graph, args, str(tmp), input_names=inputs, output_names=outputs,
                               opset_version=OPSET, dynamic_axes=axes, dynamo=False)
-        import onnx
+        _set_metadata(tmp, {CONFIG_KEY: json.dumps(cfg.to_dict())})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
-        proto = onnx.load(str(tmp))
-        meta = proto.metadata_props.add()
-        meta.key, meta.value = CONFIG_KEY, json.dumps(cfg.to_dict())
-        onnx.save(proto, str(tmp))
+
+def _set_metadata(path: Path, values: dict[str, str]) -> None:
+    """Set (or replace) metadata entries of the ONNX file at ``path`` in place."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [(m.key, m.value) for m in proto.metadata_props if m.key not in values]
+    del proto.metadata_props[:]
+    for key, value in [*kept, *values.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def calibration_pairs(folder: Path, limit: int) -> list[tuple[Path, Path]]:
+    """Up to ``limit`` (infrared, visible) files of ``folder`` (``ir/`` + ``vis/``, paired by stem as
+    ``moe-fusion fuse`` pairs them), evenly spaced over the sorted stems."""
+    from .image_io import pair_by_stem
+
+    if limit < 1:
+        raise ValueError(f"--calibrate-pairs must be at least 1, got {limit}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--calibrate {folder}: not a folder")
+    for side in ("ir", "vis"):
+        if not (folder / side).is_dir():
+            raise FileNotFoundError(f"--calibrate {folder}: no {side}/ folder (expected ir/ and vis/ images "
+                                    "paired by file stem)")
+    pairs = pair_by_stem([folder / "ir", folder / "vis"], ["ir", "vis"]).pairs
+    if not pairs:
+        raise ValueError(f"--calibrate {folder}: no ir/vis pairs (files in ir/ and vis/ pair by stem)")
+    return [(ir, vis) for _, (ir, vis) in pairs[::max(1, len(pairs) // limit)][:limit]]
+
+
+def calibration_feeds(graph: Path, pairs: Sequence[tuple[Path, Path]], size: tuple[int, int]
+                      ) -> list[dict[str, Any]]:
+    """The inputs of ``graph`` for each (infrared, visible) file pair, resized to ``size`` (W, H) and prepared
+    as :class:`~moe_fusion_core.engine.FusionEngine` prepares a pair for ``graph``."""
+    import cv2
+    import onnx
+
+    from .engine import FusionEngine
+    from .image_io import read_ir, read_vis
+
+    engine = FusionEngine(graph, device="cpu", backend="onnxruntime", detections=False)
+    inputs = {i.name for i in onnx.load(str(graph)).graph.input}
+    feeds = []
+    for ir_path, vis_path in pairs:
+        ir, vis = (cv2.resize(read(f), size, interpolation=cv2.INTER_AREA)
+                   for read, f in ((read_ir, ir_path), (read_vis, vis_path)))
+        feeds.append({k: v for k, v in engine.feeds([(ir, vis)]).items() if k in inputs})
+    return feeds
+
+
+def quantize_onnx(graph: Path, out: Path, feeds: Sequence[dict[str, Any]], per_channel: bool = True) -> Path:
+    """ONNX Runtime static quantization of an exported fp32 ``graph`` into ``out`` (atomically): QDQ format,
+    8-bit activations (asymmetric, MinMax ranges over ``feeds``) and weights (symmetric, per output channel when
+    ``per_channel``); the config metadata is kept and ``moe_fusion_quantization`` added."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(feeds)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.items, None)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        quantize_static(str(graph), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        _set_metadata(tmp, {QUANT_KEY: f"int8-qdq{'-per-channel' if per_channel else ''}"})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -179,10 +253,12 @@ class OnnxSession:
                                  f"not available; have {ort.get_available_providers()})")
             providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        config = self.session.get_modelmeta().custom_metadata_map.get(CONFIG_KEY)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        config = meta.get(CONFIG_KEY)
         if config is None:
             raise ValueError(f"{path}: no {CONFIG_KEY} metadata (not exported by `moe-fusion export --onnx`)")
         self.config = Config.from_dict(json.loads(config))
+        self.quantization = meta.get(QUANT_KEY)  # None: the fp32 graph
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.has_detections = "boxes" in self.outputs

@@ -276,7 +276,8 @@ class FusionNode(LifecycleNode):
         load_s = time.perf_counter() - t
         warm_s = engine.warmup(p.model_warmup_iters) if p.model_warmup_iters else 0.0
         name = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu"
-        self.get_logger().info(f"model {engine.checkpoint} on {engine.device} ({name}), {p.model_precision}, "
+        precision = engine.quantization or p.model_precision
+        self.get_logger().info(f"model {engine.checkpoint} on {engine.device} ({name}), {precision}, "
                                f"torch {torch.__version__}; loaded in {load_s:.1f} s, warm-up {warm_s:.1f} s")
         self.hardware_id = name
         return engine
