@@ -67,9 +67,13 @@ class Estimate:
 
 
 # ------------------------------------------------------------------ structure maps
+def _luma(img: np.ndarray) -> np.ndarray:
+    """One channel: the image itself when grey, else the RGB image's grey conversion (dtype kept)."""
+    return img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2GRAY)
+
+
 def _gray(img: np.ndarray) -> np.ndarray:
-    g = img if img.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(img[..., :3]), cv2.COLOR_RGB2GRAY)
-    g = np.nan_to_num(g.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    g = np.nan_to_num(_luma(img).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo, hi = np.percentile(g, (0.5, 99.5))
     return (np.clip((g - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255.0).astype(np.float32)
 
@@ -115,7 +119,7 @@ def _similarity(angle_deg: float, scale: float, c_th: tuple[float, float], c_rgb
 # ------------------------------------------------------------------ one pair
 def check_rgb(rgb: np.ndarray) -> str:
     """Why the RGB frame cannot be registered (too dark, too flat), or ``""``."""
-    g = rgb if rgb.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
+    g = _luma(rgb)
     g8 = g if g.dtype == np.uint8 else (g.astype(np.float32) / 257).astype(np.uint8)
     mean = float(g8.mean())
     if mean < MIN_RGB_MEAN:
