@@ -125,7 +125,8 @@ class LossConfig:
     # "mean" treats the whole frame as background ((V+I)/2), "max" as foreground (max(V, I)).
     unlabelled_target: str = "mean"
     # Pixel-loss target outside the boxes of labelled frames: "mean" = (V+I)/2 (the authors' code), "max" = max(V, I)
-    # everywhere, i.e. the same target as foreground (for data where few frames have boxes; see MODEL_CARD.md).
+    # everywhere, i.e. the same target as foreground (for data where few frames have boxes; see MODEL_CARD.md),
+    # "contrast" = each pixel follows the source with more local contrast (losses.contrast_blend).
     background_target: str = "mean"
     # Local-contrast boost of the pixel target (not in the paper; 0 = the paper's target T):
     # T + sum_i detail_gain[i] * (T - GaussianBlur_{detail_sigma[i]}(T)), clipped to [0, 1]; one number or a list

@@ -30,14 +30,35 @@ def box_mask(boxes: Sequence[torch.Tensor], size: tuple[int, int], device: torch
 
 
 def pixel_target(vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor, background: str = "mean") -> torch.Tensor:
-    """max(V, I) inside the boxes; outside, (V + I)/2 (``background="mean"``, spec §6.1) or max(V, I) (``"max"``).
-    Detached."""
-    if background not in ("mean", "max"):
-        raise ValueError(f"loss.background_target must be 'mean' or 'max', got {background!r}")
+    """max(V, I) inside the boxes; outside, (V + I)/2 (``background="mean"``, spec §6.1), max(V, I) (``"max"``) or
+    the contrast-weighted blend of :func:`contrast_blend` (``"contrast"``). Detached."""
+    if background not in BACKGROUND_TARGETS:
+        raise ValueError(f"loss.background_target must be one of {', '.join(BACKGROUND_TARGETS)}, got {background!r}")
     fg = torch.maximum(vis, ir)
     if background == "max":
         return fg.detach()
-    return torch.where(mask > 0, fg, (vis + ir) / 2).detach()
+    bg = (vis + ir) / 2 if background == "mean" else contrast_blend(vis, ir)
+    return torch.where(mask > 0, fg, bg).detach()
+
+
+BACKGROUND_TARGETS = ("mean", "max", "contrast")
+CONTRAST_SIGMA = 3.0  # pixels of the training crop: the window of the local contrast
+
+
+def local_contrast(x: torch.Tensor, sigma: float = CONTRAST_SIGMA) -> torch.Tensor:
+    """Local standard deviation of a B×C×H×W image in a Gaussian window of ``sigma``."""
+    m = gaussian_blur(x, sigma)
+    return (gaussian_blur(x * x, sigma) - m * m).clamp_min(0).sqrt()
+
+
+def contrast_blend(vis: torch.Tensor, ir: torch.Tensor, sigma: float = CONTRAST_SIGMA) -> torch.Tensor:
+    """w·V + (1 − w)·I with w = c_V² / (c_V² + c_I²), c² the local variance (smoothed over 2σ so that the weight does
+    not flicker in flat regions): each pixel follows the source that shows structure there (a flat veil of smoke or a
+    dark night sky gives way to the thermal image), not the brighter one."""
+    cv, ci = gaussian_blur(local_contrast(vis, sigma) ** 2, 2 * sigma), gaussian_blur(local_contrast(ir, sigma) ** 2,
+                                                                                        2 * sigma)
+    w = (cv + 1e-6) / (cv + ci + 2e-6)
+    return w * vis + (1 - w) * ir
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

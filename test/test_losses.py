@@ -12,6 +12,7 @@ from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
 from moe_fusion_core.losses import (
     boost_detail,
     box_mask,
+    contrast_blend,
     fusion_loss,
     gradient_loss,
     pixel_loss,
@@ -134,6 +135,23 @@ def test_background_target_max_uses_max_outside_boxes_too():
     assert as_max.pixel.item() != pytest.approx(paper.pixel.item(), rel=1e-3)
     with pytest.raises(ValueError, match="background_target"):
         fusion_loss(f, v, i, boxes, load, LossConfig(background_target="min"))
+
+
+def test_contrast_target_follows_the_source_with_structure_not_the_brighter_one(sample_dir):
+    # Real smoke pair (M3SVD 0117_1620): the visible image is a bright, flat veil where the thermal one shows the
+    # building; and the same visible frame against a flat thermal image, where the visible image holds all detail.
+    ir = torch.from_numpy(read_ir(sample_dir / "pairs" / "ir" / "0117_1620_v0287.png")).double()[None, None] / 255
+    vis = torch.from_numpy(rgb_to_luma(read_vis(sample_dir / "pairs" / "vis" / "0117_1620_v0287.png"))).double()
+    vis = vis[None, None] / 255
+    t = contrast_blend(vis, ir)
+    veil = (slice(None), slice(None), slice(20, 120), slice(380, 620))  # smoke over the building, top right
+    assert vis[veil].mean() > ir[veil].mean() + 0.1  # max(V, I) would copy the veil here
+    assert (t[veil] - ir[veil]).abs().mean() < 0.35 * (t[veil] - vis[veil]).abs().mean()
+    flat_ir = torch.full_like(ir, 0.2)
+    t2 = contrast_blend(vis, flat_ir)  # a flat thermal image: the target is the visible image wherever it has detail
+    assert (t2 - vis).abs().mean() < (t2 - flat_ir).abs().mean()
+    cfg = LossConfig(background_target="contrast")
+    assert torch.equal(pixel_target(vis, ir, torch.zeros_like(ir), cfg.background_target), t)
 
 
 @pytest.fixture(scope="module")
