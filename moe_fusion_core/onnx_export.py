@@ -188,6 +188,22 @@ def quantize_onnx(graph: Path, out: Path, feeds: Sequence[dict[str, Any]], per_c
     return out
 
 
+def cached_quantized(graph: Path, pairs: Sequence[tuple[Path, Path]], size: tuple[int, int]) -> Path:
+    """The INT8 graph (:func:`quantize_onnx`) of an exported fp32 ``graph`` calibrated on ``pairs`` at ``size``
+    (W, H), quantized once and kept beside ``graph``: its name holds a hash of the calibration files' contents and
+    order, the size and the onnxruntime version, so other calibration data quantizes again."""
+    import onnxruntime
+
+    digest = hashlib.sha256(f"{size} {onnxruntime.__version__}".encode())
+    for ir, vis in pairs:
+        digest.update(ir.read_bytes())
+        digest.update(vis.read_bytes())
+    out = graph.with_name(f"{graph.stem}-int8-{digest.hexdigest()[:16]}.onnx")
+    if not out.is_file():
+        quantize_onnx(graph, out, calibration_feeds(graph, pairs, size))
+    return out
+
+
 EXPORT_DEFAULTS: dict[str, Any] = {"size": (640, 480), "batch": 1, "dynamic": True, "moe": "gather"}
 
 
