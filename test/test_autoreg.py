@@ -87,6 +87,7 @@ def test_register_auto_cli_writes_a_confident_homography_and_a_checkerboard(data
     h = np.reshape(validate(load_params_file(out)).homography(), (3, 3))
     assert autoreg.corner_error(h, h_true, frames[0][0].shape[::-1]) < 4.0
     assert "confidence" in out.read_text() and "confidence" in err
+    assert "joint estimate of 2 frame pairs" in err
     board = read_image(prev)
     assert board.shape == frames[0][1].shape
     assert (board[..., 0] == board[..., 1]).mean() > 0.4  # half the tiles are the grey thermal image
