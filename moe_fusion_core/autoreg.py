@@ -7,16 +7,19 @@ edge in a dark region counts as much as a bright one); then
 1. **coarse search** over the similarity group at a small working size: for each rotation and scale on a grid,
    the warped thermal map's centre is matched against the RGB map over all shifts (``cv2.matchTemplate``,
    normalised cross-correlation); the best few well-separated peaks are kept;
-2. **refinement** of each peak with ``cv2.findTransformECC`` (``MOTION_HOMOGRAPHY``) on the structure maps,
-   coarse to fine;
+2. **refinement** of each peak with ``cv2.findTransformECC`` on the structure maps, coarse to fine: affine
+   (``MOTION_AFFINE``) at every level, then a homography from it at the finest level;
 3. **confidence**: the final ECC correlation, and whether another start converged elsewhere with nearly the
    same correlation (ambiguous). The estimate is refused with a reason when the RGB image is too dark or too
    flat, the correlation is low, the solution is ambiguous, or the homography is implausible for a rig.
 
-Several frames of one rig (:func:`estimate_multi`) are estimated one by one and combined by consensus: the
-largest group of estimates whose frame corners agree within ``AGREE_PX``; its members' corners are averaged.
-Agreement of independent frames is strong evidence, so a group of ≥ 2 agreeing frames is accepted even where
-each frame on its own was below the single-frame thresholds (never when its frames are dark or flat).
+Several frames of one rig (:func:`estimate_multi`): first one joint estimate (:func:`estimate_joint`: the
+usable frames' structure maps averaged, one warp fitted to all frames' evidence, the single-frame thresholds);
+when that is refused, the frames are estimated one by one and combined by consensus (:func:`combine`, also the
+node's and the CLI's way): the largest group of estimates whose frame corners agree within ``AGREE_PX``; its
+members' corners are averaged. Agreement of independent frames is strong evidence, so a group of ≥ 2 agreeing
+frames is accepted even where each frame on its own was below the single-frame thresholds (never when its
+frames are dark or flat).
 
 All homographies map thermal pixels to RGB pixels (full resolution), as ``registration.homography``.
 """
@@ -38,14 +41,18 @@ MAX_SHIFT = 0.12  # of the RGB size, searched
 TEMPLATE_MARGIN = 0.2  # of the RGB size, each side: the template is the warped thermal map's centre
 STARTS = 3  # separated coarse peaks refined by ECC
 SEPARATED = 0.06  # of the diagonal: peaks / solutions closer than this are the same one
+ECC_ITERS = (60, 30)  # ECC iterations at the first level, at the others
+ECC_GAUSS = 1  # ECC's own Gaussian pre-filter (1: none)
+STRUCTURE_SIGMA = 1.0  # px, smoothing before the gradient
+REFINE_MOTION = cv2.MOTION_AFFINE  # ECC motion of the levels before the last one's homography
 AGREE_PX = 0.01  # of the RGB diagonal: estimates whose corners agree this well are one solution (≈ 8 px at 640)
 
 # refusal thresholds (tuned on the tuning split, see docs/registration.md)
 MIN_RGB_MEAN = 12.0  # mean luma of the RGB frame (0..255) below which it is "dark"
 MIN_STRUCTURE = 0.04  # share of RGB pixels with a clear edge
-MIN_RHO = 0.25  # final ECC correlation of the structure maps
+MIN_RHO = 0.2  # final ECC correlation of the structure maps
 MIN_RHO_AGREE = 0.15  # the same, for frames that count towards a multi-frame consensus
-AMBIGUITY = 0.1  # another solution within this much correlation: ambiguous
+AMBIGUITY = 0.05  # another solution within this much correlation: ambiguous
 MIN_OVERLAP = 0.35  # share of the RGB frame the thermal image must cover
 
 
@@ -78,10 +85,19 @@ def _gray(img: np.ndarray) -> np.ndarray:
     return (np.clip((g - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255.0).astype(np.float32)
 
 
+def _frames(img: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    return [img] if isinstance(img, np.ndarray) else list(img)
+
+
+def mean_structure_map(imgs: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """The mean of several frames' structure maps (frames of one rig share one warp)."""
+    return np.mean([structure_map(i, size) for i in imgs], axis=0).astype(np.float32)
+
+
 def structure_map(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Gradient magnitude of ``img`` resized to ``size`` (w, h), divided by its local mean (float32, ~0..4)."""
     g = cv2.resize(_gray(img), size, interpolation=cv2.INTER_AREA)
-    g = cv2.GaussianBlur(g, (0, 0), 1.0)
+    g = cv2.GaussianBlur(g, (0, 0), STRUCTURE_SIGMA)
     mag = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3))
     k = max(3, (min(size) // 8) | 1)
     local = cv2.blur(mag, (k, k)) + 0.25 * float(mag.mean()) + 1e-3
@@ -166,15 +182,21 @@ def _coarse_candidates(th_map: np.ndarray, rgb_map: np.ndarray, base: np.ndarray
     return out
 
 
-def _ecc(th_map: np.ndarray, rgb_map: np.ndarray, h: np.ndarray, iters: int) -> tuple[float, np.ndarray] | None:
-    """ECC-refined (correlation, H thermal → RGB) at one level, or None when ECC diverges."""
-    warp = np.linalg.inv(h).astype(np.float32)  # ECC's warp maps template (RGB) px to input (thermal) px
+def _ecc(th_map: np.ndarray, rgb_map: np.ndarray, h: np.ndarray, iters: int,
+         motion: int = cv2.MOTION_HOMOGRAPHY) -> tuple[float, np.ndarray] | None:
+    """ECC-refined (correlation, H thermal → RGB) at one level, or None when ECC diverges.
+
+    ``motion``: ``cv2.MOTION_AFFINE`` keeps the warp affine (``h``'s perspective row is dropped)."""
+    warp = np.linalg.inv(h)  # ECC's warp maps template (RGB) px to input (thermal) px
     warp /= warp[2, 2]
+    warp = (warp[:2] if motion == cv2.MOTION_AFFINE else warp).astype(np.float32)
     crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iters, 1e-5)
     try:
-        rho, warp = cv2.findTransformECC(rgb_map, th_map, warp, cv2.MOTION_HOMOGRAPHY, crit, None, 1)
+        rho, warp = cv2.findTransformECC(rgb_map, th_map, warp, motion, crit, None, ECC_GAUSS)
     except cv2.error:
         return None
+    if warp.shape[0] == 2:
+        warp = np.vstack([warp, [0, 0, 1]])
     if not np.isfinite(warp).all() or abs(np.linalg.det(warp)) < 1e-9:
         return None
     h2 = np.linalg.inv(warp.astype(np.float64))
@@ -194,24 +216,41 @@ def _thermal_size(thermal_shape: tuple[int, int], rgb_width: int) -> tuple[int, 
     return max(8, round(th_w * g)), max(8, round(th_h * g))
 
 
-def _refine(thermal: np.ndarray, rgb: np.ndarray, h_full: np.ndarray) -> tuple[float, np.ndarray] | None:
-    """ECC coarse to fine from ``h_full`` (thermal → RGB, full resolution); the last level's result."""
-    th_h, th_w = thermal.shape[:2]
+def _refine(thermal: np.ndarray | Sequence[np.ndarray], rgb: np.ndarray | Sequence[np.ndarray],
+            h_full: np.ndarray) -> tuple[float, np.ndarray, dict] | None:
+    """ECC coarse to fine from ``h_full`` (thermal → RGB, full resolution): (correlation, H, details) of the last
+    level, or None when the first level diverges.
+
+    Affine at every level (the rigs' warps are similarities with a mild perspective; a free homography on the
+    coarse, noisy cross-modal maps drifts), then at the last level a homography from the affine result (the affine
+    one is kept when it diverges). Several frames of one rig share one warp: their structure maps are averaged."""
+    ths, rgbs = _frames(thermal), _frames(rgb)
+    th_h, th_w = ths[0].shape[:2]
+    rh, rw = rgbs[0].shape[:2]
     out = None
-    sides = sorted({min(s, max(rgb.shape[:2])) for s in FINE_SIDES})
+    sides = sorted({min(s, max(rh, rw)) for s in FINE_SIDES})
     for i, side in enumerate(sides):
-        _, size = _level_size(rgb.shape[:2], side)
+        _, size = _level_size((rh, rw), side)
         th_size = _thermal_size((th_h, th_w), size[0])
-        to_level = scale_h(size[0] / rgb.shape[1], size[1] / rgb.shape[0])
+        to_level = scale_h(size[0] / rw, size[1] / rh)
         from_th = scale_h(th_w / th_size[0], th_h / th_size[1])
         h_level = to_level @ h_full @ from_th
-        r = _ecc(structure_map(thermal, th_size), structure_map(rgb, size), h_level, 60 if i == 0 else 30)
+        th_map, rgb_map = mean_structure_map(ths, th_size), mean_structure_map(rgbs, size)
+        iters = ECC_ITERS[0] if i == 0 else ECC_ITERS[1]
+        r = _ecc(th_map, rgb_map, h_level, iters, REFINE_MOTION)
         if r is None:
             return out
+        details: dict = {}
+        if i == len(sides) - 1 and REFINE_MOTION != cv2.MOTION_HOMOGRAPHY:
+            details["ecc_affine"] = r[0]
+            r_h = _ecc(th_map, rgb_map, r[1], iters, cv2.MOTION_HOMOGRAPHY)
+            if r_h is not None:
+                r = r_h
+            details["perspective"] = r_h is not None
         rho, h_level = r
         h_full = np.linalg.inv(to_level) @ h_level @ np.linalg.inv(from_th)
         h_full /= h_full[2, 2]
-        out = (rho, h_full)
+        out = (rho, h_full, details)
     return out
 
 
@@ -234,37 +273,48 @@ def plausible(h: np.ndarray, thermal_size: tuple[int, int], rgb_size: tuple[int,
 
 def estimate_pair(thermal: np.ndarray, rgb: np.ndarray) -> Estimate:
     """The thermal → RGB homography of one frame pair, with its confidence (see the module docstring)."""
+    return estimate_joint([(thermal, rgb)])
+
+
+def estimate_joint(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Estimate:
+    """One homography from all frame pairs of one rig at once: the usable frames' structure maps are averaged
+    for the coarse search and the ECC refinement (all frames' evidence, one warp). One pair: as a single frame."""
     t0 = time.perf_counter()
-    th_h, th_w = thermal.shape[:2]
-    rh, rw = rgb.shape[:2]
-    why = check_rgb(rgb)
-    if why:
-        return Estimate(None, 0.0, False, why, {"usable": False}, time.perf_counter() - t0)
+    th_h, th_w = pairs[0][0].shape[:2]
+    rh, rw = pairs[0][1].shape[:2]
+    whys = [check_rgb(r) for _, r in pairs]
+    use = [p for p, why in zip(pairs, whys) if not why]
+    if not use:
+        return Estimate(None, 0.0, False, "; ".join(sorted(set(whys))), {"usable": False}, time.perf_counter() - t0)
+    ths, rgbs = [t for t, _ in use], [r for _, r in use]
     _, size = _level_size((rh, rw), COARSE_SIDE)
     th_size = _thermal_size((th_h, th_w), size[0])
     base = scale_h(size[0] / th_size[0], size[1] / th_size[1])  # plain resize, map px
-    th_map, rgb_map = structure_map(thermal, th_size), structure_map(rgb, size)
-    structure = float((rgb_map > 1.5).mean())
+    rgb_maps = [structure_map(r, size) for r in rgbs]
+    th_map, rgb_map = mean_structure_map(ths, th_size), np.mean(rgb_maps, axis=0).astype(np.float32)
+    structure = float(np.mean([(m > 1.5).mean() for m in rgb_maps]))
     if structure < MIN_STRUCTURE:
         return Estimate(None, 0.0, False, f"the RGB image has too little structure ({structure:.1%} edge pixels)",
                         {"usable": False}, time.perf_counter() - t0)
     to_full = scale_h(rw / size[0], rh / size[1])
     from_th = scale_h(th_size[0] / th_w, th_size[1] / th_h)
-    sols: list[tuple[float, np.ndarray, float]] = []
+    sols: list[tuple[float, np.ndarray, float, dict]] = []
     for score, h_map in _coarse_candidates(th_map, rgb_map, base):
         h0 = to_full @ h_map @ from_th
-        r = _refine(thermal, rgb, h0 / h0[2, 2])
+        r = _refine(ths, rgbs, h0 / h0[2, 2])
         if r is not None:
-            sols.append((r[0], r[1], score))
+            sols.append((r[0], r[1], score, r[2]))
     if not sols:
         return Estimate(None, 0.0, False, "no start converged (ECC diverged)", {"usable": True},
                         time.perf_counter() - t0)
     sols.sort(key=lambda t: -t[0])
-    rho, h, peak = sols[0]
+    rho, h, peak, more = sols[0]
     diag = float(np.hypot(rw, rh))
     rivals = [s[0] for s in sols[1:] if corner_error(s[1], h, (th_w, th_h)) > AGREE_PX * diag]
     margin = rho - max(rivals) if rivals else rho
-    details = {"ecc": rho, "peak": peak, "margin": margin, "structure": structure, "usable": True}
+    details = {"ecc": rho, "peak": peak, "margin": margin, "structure": structure, "usable": True, **more}
+    if len(pairs) > 1:
+        details["frames"] = len(use)
     reason = plausible(h, (th_w, th_h), (rw, rh))
     if not reason and rho < MIN_RHO:
         reason = f"the structure maps correlate too weakly under the best estimate ({rho:.2f} < {MIN_RHO:g})"
@@ -275,13 +325,20 @@ def estimate_pair(thermal: np.ndarray, rgb: np.ndarray) -> Estimate:
 
 # ------------------------------------------------------------------ several frames
 def estimate_multi(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[Estimate, list[Estimate]]:
-    """Consensus of per-frame estimates of one rig (see the module docstring); returns (combined, per frame)."""
+    """Several frame pairs of one rig: the joint estimate (:func:`estimate_joint`) when it is confident, else the
+    consensus of per-frame estimates (:func:`combine`); returns (result, per-frame estimates; empty when the
+    joint estimate decided)."""
     if not pairs:
         raise ValueError("no frame pairs to register")
     t0 = time.perf_counter()
+    joint = estimate_joint(pairs)
+    if joint.ok or len(pairs) == 1:
+        return joint, []
     each = [estimate_pair(t, r) for t, r in pairs]
     (th_h, th_w), (rh, rw) = pairs[0][0].shape[:2], pairs[0][1].shape[:2]
     est = combine(each, (th_w, th_h), (rw, rh))
+    if not est.ok:
+        est.reason = f"joint estimate: {joint.reason}; per frame: {est.reason}"
     est.seconds = time.perf_counter() - t0
     return est, each
 

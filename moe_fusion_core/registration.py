@@ -189,9 +189,12 @@ def _error(msg: str) -> int:
     return 2
 
 
+JOINT_MAX_FRAMES = 10  # frame pairs of a folder that the joint estimate averages (memory and time)
+
+
 def run_auto(args: argparse.Namespace) -> int:
     """``register --auto``: 0 with a confident homography written, 3 (nothing written) when refused."""
-    from .autoreg import combine, estimate_pair
+    from .autoreg import combine, estimate_joint, estimate_pair
     from .image_io import read_ir, read_vis, write_image
 
     if args.thermal is None or args.rgb is None:
@@ -200,23 +203,33 @@ def run_auto(args: argparse.Namespace) -> int:
         files = auto_pairs(args.thermal, args.rgb)
     except (RegistrationError, FileNotFoundError) as e:
         return _error(str(e))
-    each, sizes, first = [], set(), None
+    frames, sizes = [], set()
     for name, tf, rf in files:
         th, rgb = read_ir(tf), read_vis(rf)
         sizes.add((th.shape[:2], rgb.shape[:2]))
         if len(sizes) > 1:
             return _error(f"{name}: image sizes differ from the first pair's: frames of one rig expected")
-        e = estimate_pair(th, rgb)
-        print(f"{name}: {e.summary()}", file=sys.stderr)
-        each.append(e)
-        first = first or (th, rgb)
+        frames.append((name, th, rgb))
     (th_shape, rgb_shape), = sizes
-    est = combine(each, (th_shape[1], th_shape[0]), (rgb_shape[1], rgb_shape[0]))
+    first = frames[0][1:]
+    est = None
+    if len(frames) > 1:  # all frames' evidence for one warp first (the first JOINT_MAX_FRAMES)
+        est = estimate_joint([(th, rgb) for _, th, rgb in frames[:JOINT_MAX_FRAMES]])
+        print(f"joint estimate of {min(len(frames), JOINT_MAX_FRAMES)} frame pairs: {est.summary()}", file=sys.stderr)
+    if est is None or not est.ok:  # else each frame alone, combined by consensus
+        each = []
+        for name, th, rgb in frames:
+            e = estimate_pair(th, rgb)
+            print(f"{name}: {e.summary()}", file=sys.stderr)
+            each.append(e)
+        joint, est = est, combine(each, (th_shape[1], th_shape[0]), (rgb_shape[1], rgb_shape[0]))
+        if joint is not None and not est.ok:
+            est.reason = f"joint estimate: {joint.reason}; per frame: {est.reason}"
     src = f"{args.thermal} + {args.rgb}"
     if not est.ok or est.h is None:
         print(f"moe-fusion register: refused, nothing written: {est.reason}", file=sys.stderr)
         return EXIT_REFUSED
-    note = f"moe-fusion register --auto from {len(each)} frame pair(s) of {src}: {est.summary()}"
+    note = f"moe-fusion register --auto from {len(frames)} frame pair(s) of {src}: {est.summary()}"
     _emit(params_yaml(est.h, note), args.out)
     print(note, file=sys.stderr)
     if args.preview is not None:

@@ -40,6 +40,13 @@ def test_one_warped_pair_of_another_resolution_is_recovered_within_4_px(data_dir
     assert autoreg.corner_error(np.diag([1.6, 1.6, 1.0]), h_true, frame[0].shape[::-1]) > 15  # the warp is real
 
 
+def test_several_frames_are_registered_jointly_within_4_px(data_dir):
+    frames, h_true = rig(data_dir)
+    est, each = autoreg.estimate_multi(frames)
+    assert est.ok and each == [] and est.details["frames"] == 3, est.summary()  # the joint estimate decided
+    assert autoreg.corner_error(est.h, h_true, frames[0][0].shape[::-1]) < 4.0
+
+
 def test_a_dark_night_image_and_a_flat_one_are_refused_with_the_reason(data_dir):
     est = autoreg.estimate_pair(*pair(data_dir, "msrs_more", "00022N"))  # a night frame, mean brightness ~10
     assert not est.ok and est.h is None and "too dark" in est.reason
@@ -80,6 +87,7 @@ def test_register_auto_cli_writes_a_confident_homography_and_a_checkerboard(data
     h = np.reshape(validate(load_params_file(out)).homography(), (3, 3))
     assert autoreg.corner_error(h, h_true, frames[0][0].shape[::-1]) < 4.0
     assert "confidence" in out.read_text() and "confidence" in err
+    assert "joint estimate of 2 frame pairs" in err
     board = read_image(prev)
     assert board.shape == frames[0][1].shape
     assert (board[..., 0] == board[..., 1]).mean() > 0.4  # half the tiles are the grey thermal image
