@@ -282,12 +282,12 @@ def embedded_config() -> Config:
 
 
 def fast_config() -> Config:
-    """``embedded`` with the work moved out of the full-resolution layers (MODEL_CARD_FAST.md, "Architecture").
+    """``embedded`` with the work moved out of the full-resolution layers (MODEL_CARD.md, "The fast model").
 
     Every component of the method stays (encoders, attention, MoLE-fg/bg, MoGE, top-2 of 4 noisy gates, two
     detectors); what changes: encoders 8 wide (local experts 8-4-8), each global expert opens with a 1×1
     reduction of x_f to 16 channels and has widths 12-8, and the detectors' FPN is 64 wide (attention 32).
-    ~19 GFLOP per 640×480 pair for the fused image (the embedded model: 111).
+    ~19 GFLOP per 640×480 pair for the fused image (the embedded model: 107).
     """
     cfg = embedded_config()
     cfg.model.name = "fast"

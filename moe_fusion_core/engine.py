@@ -373,9 +373,14 @@ class FusionEngine:
 
     def feeds(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], vis_order: str = "rgb") -> dict[str, np.ndarray]:
         """Pairs of one visible size as the network's inputs, by the ONNX graph's input names (float32 N×C×H×W
-        in [0, 1]; ``vis_rgb`` is used only by graphs that have it): what ONNX Runtime is fed, e.g. to calibrate."""
+        in [0, 1]; on an ONNX Runtime engine only the inputs its graph has): what ONNX Runtime is fed, e.g. to
+        calibrate."""
         prepared = [self.prepare(ir, vis, vis_order) for ir, vis in pairs]
-        return self._onnx_feeds(*self._tensors([p[0] for p in prepared], [p[1] for p in prepared]))
+        feeds = self._onnx_feeds(*self._tensors([p[0] for p in prepared], [p[1] for p in prepared]))
+        if self._sessions:  # an ONNX Runtime engine: only its graph's inputs
+            inputs = next(iter(self._sessions.values())).inputs
+            feeds = {k: v for k, v in feeds.items() if k in inputs}
+        return feeds
 
     def _run_onnxruntime(self, ir_t: torch.Tensor, vis_t: torch.Tensor, rgb_t: torch.Tensor, want_det: bool
                          ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[dict[str, torch.Tensor]] | None]:

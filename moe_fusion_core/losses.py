@@ -45,18 +45,17 @@ BACKGROUND_TARGETS = ("mean", "max", "contrast")
 CONTRAST_SIGMA = 3.0  # pixels of the training crop: the window of the local contrast
 
 
-def local_contrast(x: torch.Tensor, sigma: float = CONTRAST_SIGMA) -> torch.Tensor:
-    """Local standard deviation of a B×C×H×W image in a Gaussian window of ``sigma``."""
+def local_variance(x: torch.Tensor, sigma: float = CONTRAST_SIGMA) -> torch.Tensor:
+    """Local variance of a B×C×H×W image in a Gaussian window of ``sigma`` (the local contrast, squared)."""
     m = gaussian_blur(x, sigma)
-    return (gaussian_blur(x * x, sigma) - m * m).clamp_min(0).sqrt()
+    return (gaussian_blur(x * x, sigma) - m * m).clamp_min(0)
 
 
 def contrast_blend(vis: torch.Tensor, ir: torch.Tensor, sigma: float = CONTRAST_SIGMA) -> torch.Tensor:
     """w·V + (1 − w)·I with w = c_V² / (c_V² + c_I²), c² the local variance (smoothed over 2σ so that the weight does
     not flicker in flat regions): each pixel follows the source that shows structure there (a flat veil of smoke or a
     dark night sky gives way to the thermal image), not the brighter one."""
-    cv, ci = gaussian_blur(local_contrast(vis, sigma) ** 2, 2 * sigma), gaussian_blur(local_contrast(ir, sigma) ** 2,
-                                                                                        2 * sigma)
+    cv, ci = (gaussian_blur(local_variance(x, sigma), 2 * sigma) for x in (vis, ir))
     w = (cv + 1e-6) / (cv + ci + 2e-6)
     return w * vis + (1 - w) * ir
 

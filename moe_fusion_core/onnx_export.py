@@ -148,18 +148,16 @@ def calibration_feeds(graph: Path, pairs: Sequence[tuple[Path, Path]], size: tup
     """The inputs of ``graph`` for each (infrared, visible) file pair, resized to ``size`` (W, H) and prepared
     as :class:`~moe_fusion_core.engine.FusionEngine` prepares a pair for ``graph``."""
     import cv2
-    import onnx
 
     from .engine import FusionEngine
     from .image_io import read_ir, read_vis
 
     engine = FusionEngine(graph, device="cpu", backend="onnxruntime", detections=False)
-    inputs = {i.name for i in onnx.load(str(graph)).graph.input}
     feeds = []
     for ir_path, vis_path in pairs:
         ir, vis = (cv2.resize(read(f), size, interpolation=cv2.INTER_AREA)
                    for read, f in ((read_ir, ir_path), (read_vis, vis_path)))
-        feeds.append({k: v for k, v in engine.feeds([(ir, vis)]).items() if k in inputs})
+        feeds.append(engine.feeds([(ir, vis)]))
     return feeds
 
 

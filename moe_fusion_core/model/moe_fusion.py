@@ -68,12 +68,12 @@ class MoEFusion(nn.Module):
         size = (h + ph, w + pw)
         det, det_att = None, None
         level = self.cfg.att_level
+        det_vis = vis_rgb if (self.detectors is not None and self.cfg.detector.rgb_visible and vis_rgb is not None) \
+            else vis
         if self.detectors is not None and run_fusion and targets is None and not need_detections \
                 and not return_det_att:  # the fused image alone: only the attention level's maps
-            det_vis = vis_rgb if (self.cfg.detector.rgb_visible and vis_rgb is not None) else vis
             att = self.fusion.att(*self.detectors.attention_at(det_vis, ir, level), size)
         elif self.detectors is not None:
-            det_vis = vis_rgb if (self.cfg.detector.rgb_visible and vis_rgb is not None) else vis
             det = self.detectors(det_vis, ir, [(h, w)] * ir.shape[0], targets, labelled, need_detections)
             det_att = (det.att_vis[level], det.att_ir[level]) if return_det_att else None
             if not run_fusion:
