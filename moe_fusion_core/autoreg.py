@@ -15,11 +15,11 @@ edge in a dark region counts as much as a bright one); then
 
 Several frames of one rig (:func:`estimate_multi`): first one joint estimate (:func:`estimate_joint`: the
 usable frames' structure maps averaged, one warp fitted to all frames' evidence, the single-frame thresholds);
-when that is refused, the frames are estimated one by one and combined by consensus (:func:`combine`, also the
-node's and the CLI's way): the largest group of estimates whose frame corners agree within ``AGREE_PX``; its
-members' corners are averaged. Agreement of independent frames is strong evidence, so a group of ≥ 2 agreeing
-frames is accepted even where each frame on its own was below the single-frame thresholds (never when its
-frames are dark or flat).
+when that is refused, the frames are estimated one by one and combined by consensus (:func:`combine`); the CLI
+and the node (over the pairs collected so far) decide the same way. Consensus: the largest group of estimates
+whose frame corners agree within ``AGREE_PX``; its members' corners are averaged. Agreement of independent
+frames is strong evidence, so a group of ≥ 2 agreeing frames is accepted even where each frame on its own was
+below the single-frame thresholds (never when its frames are dark or flat).
 
 All homographies map thermal pixels to RGB pixels (full resolution), as ``registration.homography``.
 """
@@ -43,7 +43,7 @@ STARTS = 3  # separated coarse peaks refined by ECC
 SEPARATED = 0.06  # of the diagonal: peaks / solutions closer than this are the same one
 ECC_ITERS = (60, 30)  # ECC iterations at the first level, at the others
 ECC_GAUSS = 1  # ECC's own Gaussian pre-filter (1: none)
-STRUCTURE_SIGMA = 1.0  # px, smoothing before the gradient
+STRUCTURE_SIGMA = 0.7  # px, smoothing before the gradient (1.0 until 2026-12-05; see docs/registration.md)
 REFINE_MOTION = cv2.MOTION_AFFINE  # ECC motion of the levels before the last one's homography
 AGREE_PX = 0.01  # of the RGB diagonal: estimates whose corners agree this well are one solution (≈ 8 px at 640)
 
@@ -52,7 +52,7 @@ MIN_RGB_MEAN = 12.0  # mean luma of the RGB frame (0..255) below which it is "da
 MIN_STRUCTURE = 0.04  # share of RGB pixels with a clear edge
 MIN_RHO = 0.2  # final ECC correlation of the structure maps
 MIN_RHO_AGREE = 0.15  # the same, for frames that count towards a multi-frame consensus
-AMBIGUITY = 0.05  # another solution within this much correlation: ambiguous
+AMBIGUITY = 0.08  # another solution within this much correlation: ambiguous (0.05 until 2026-12-05)
 MIN_OVERLAP = 0.35  # share of the RGB frame the thermal image must cover
 
 

@@ -2,7 +2,10 @@
 
 :class:`AutoRegistration` takes a pair now and then (:meth:`AutoRegistration.wants`, at most one in flight, at least
 ``min_gap_s`` apart so that the scene moves between frames), estimates each in a background thread
-(:func:`moe_fusion_core.autoreg.estimate_pair`) and combines the frames so far
+(:func:`moe_fusion_core.autoreg.estimate_pair`) and then decides from all pairs so far as the folder path does
+(:func:`moe_fusion_core.autoreg.estimate_multi`): once ≥ 2 pairs with a usable RGB frame are in, one joint
+estimate from their averaged structure maps (:func:`moe_fusion_core.autoreg.estimate_joint`, over the last
+``JOINT_PAIRS`` of them); when that is refused, the consensus of the per-frame estimates
 (:func:`moe_fusion_core.autoreg.combine`). The first confident result is handed to ``on_result`` (the node applies
 it); a low-confidence one never is. After ``max_frames`` pairs or ``timeout_s`` it gives up and says why. Fusion
 goes on with the configured homography all the while.
@@ -10,18 +13,20 @@ goes on with the configured homography all the while.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from moe_fusion_core.autoreg import Estimate, combine, estimate_pair
+from moe_fusion_core.autoreg import Estimate, combine, estimate_joint, estimate_pair
 from moe_fusion_core.registration import homography_yaml
 
 from . import health
 
 IDLE, RUNNING, APPLIED, FAILED = "off", "estimating", "applied", "gave up"
+JOINT_PAIRS = 10  # the joint estimate uses at most this many of the latest usable pairs (as register --auto)
 
 
 class AutoRegistration:
@@ -29,14 +34,19 @@ class AutoRegistration:
 
     def __init__(self, on_result: Callable[[Estimate], None], *, min_gap_s: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
-                 estimator: Callable[[np.ndarray, np.ndarray], Estimate] = estimate_pair) -> None:
+                 estimator: Callable[[np.ndarray, np.ndarray], Estimate] = estimate_pair,
+                 joint_estimator: Callable[[Sequence[tuple[np.ndarray, np.ndarray]]], Estimate] | None
+                 = estimate_joint) -> None:
         self.on_result = on_result
         self.min_gap_s = min_gap_s
         self.clock = clock
         self.estimator = estimator
+        self.joint_estimator = joint_estimator  # None: per-frame consensus only
         self.state = IDLE
         self.result: Estimate | None = None
         self.frames: list[Estimate] = []
+        self.pairs: list[tuple[np.ndarray, np.ndarray]] = []  # the usable pairs of the run in flight (joint estimate)
+        self.joint: Estimate | None = None  # the last joint estimate of this run
         self.reason = ""
         self._lock = threading.Lock()
         self._busy = False
@@ -50,6 +60,7 @@ class AutoRegistration:
         with self._lock:
             self._run += 1
             self.state, self.result, self.frames, self.reason = RUNNING, None, [], ""
+            self.pairs, self.joint = [], None
             self.max_frames, self.timeout_s = max_frames, timeout_s
             self._t0, self._last, self._busy = self.clock(), -float("inf"), False
 
@@ -58,6 +69,7 @@ class AutoRegistration:
         with self._lock:
             self._run += 1
             self.state, self.result, self.reason = IDLE, None, ""
+            self.pairs, self.joint = [], None
 
     def wants(self) -> bool:
         """Whether the next pair should be offered (running, none in flight, ``min_gap_s`` since the last)."""
@@ -87,15 +99,36 @@ class AutoRegistration:
         with self._lock:
             if run != self._run:
                 return  # restarted or stopped meanwhile
+            frames, pairs, usable = [*self.frames, e], self.pairs, bool(e.details.get("usable"))
+            if usable:  # the RGB frame is neither dark nor flat
+                same = [p for p in pairs if p[0].shape == thermal.shape and p[1].shape == rgb.shape]
+                pairs = [*same, (thermal, rgb)][-JOINT_PAIRS:]
+        joint = None
+        if self.joint_estimator is not None and usable and len(pairs) >= 2:
+            try:  # still in this thread: all usable pairs so far, one warp
+                joint = self.joint_estimator(pairs)
+            except Exception as ex:
+                joint = Estimate(None, 0.0, False, f"{type(ex).__name__}: {ex}")
+        size, rgb_size = (thermal.shape[1], thermal.shape[0]), (rgb.shape[1], rgb.shape[0])
+        est = joint if joint is not None and joint.ok else combine(frames, size, rgb_size)
+        if not est.ok and joint is not None:
+            est = dataclasses.replace(
+                est, reason=f"joint estimate of {len(pairs)} pairs: {joint.reason}; per frame: {est.reason}")
+        with self._lock:
+            if run != self._run:
+                return
             self._busy = False
-            self.frames.append(e)
-            est = combine(self.frames, (thermal.shape[1], thermal.shape[0]), (rgb.shape[1], rgb.shape[0]))
+            self.frames = frames
+            if self.state == RUNNING:  # (not after a timeout meanwhile)
+                self.pairs = pairs
+            if joint is not None:
+                self.joint = joint
             if est.ok:
-                self.state, self.result, self.reason = APPLIED, est, ""
+                self.state, self.result, self.reason, self.pairs = APPLIED, est, "", []
             else:
                 self.reason = est.reason
                 if len(self.frames) >= self.max_frames:
-                    self.state = FAILED
+                    self.state, self.pairs = FAILED, []
                     self.reason = f"no confident estimate from {len(self.frames)} pairs: {est.reason}"
                 else:
                     self._check_timeout()
@@ -104,7 +137,7 @@ class AutoRegistration:
 
     def _check_timeout(self) -> None:
         if self.state == RUNNING and self.clock() - self._t0 > self.timeout_s:
-            self.state = FAILED
+            self.state, self.pairs = FAILED, []
             self.reason = (f"no confident estimate within {self.timeout_s:g} s ({len(self.frames)} pairs"
                            + (f"; last: {self.reason})" if self.reason else ")"))
 

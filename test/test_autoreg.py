@@ -172,3 +172,31 @@ def test_auto_registration_estimates_in_its_own_thread(data_dir):
     assert a.thread is not None and a.thread is not threading.current_thread()
     assert done.wait(600) and a.state == APPLIED
     assert autoreg.corner_error(got[0].h, h_true, frames[0][0].shape[::-1]) < 4.0
+
+
+def test_auto_registration_applies_the_joint_estimate_of_pairs_each_refused_alone(data_dir):
+    """Two MSRS night pairs of one rig: each alone is refused and they disagree, so the consensus refuses; the
+    joint estimate of both (their structure maps averaged) is confident and within 10 px of the truth. The node's
+    runner uses it."""
+    frames, h_true = [], None
+    for stem in ("00007N", "00033N"):
+        th, rgb, h_true = autoreg.simulate_rig(*pair(data_dir, "msrs_more", stem), np.random.default_rng(3), 0.625)
+        frames.append((th, rgb))
+    size = frames[0][0].shape[::-1]
+    runs = {}
+    for joint in (True, False):
+        clock, applied = FakeClock(), []
+        kw = {} if joint else {"joint_estimator": None}
+        a = AutoRegistration(applied.append, min_gap_s=0.0, clock=clock, **kw)
+        a.start(max_frames=5, timeout_s=600)
+        for th, rgb in frames:
+            assert a.offer(th, rgb, background=False)
+        runs[joint] = a, applied
+    a, applied = runs[False]  # consensus only: each frame refused, and the two disagree
+    assert [e.ok for e in a.frames] == [False, False] and a.state == RUNNING and applied == []
+    a, applied = runs[True]
+    assert a.state == APPLIED and len(applied) == 1, a.reason
+    est = applied[0]
+    assert est.details["frames"] == 2 and est is a.joint, est.summary()  # the joint estimate decided
+    assert autoreg.corner_error(est.h, h_true, size) < 10.0  # (MSRS truth is itself off by 2–5 px)
+    assert dict(a.values())["registration.auto"] == "applied"
