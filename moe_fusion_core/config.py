@@ -133,6 +133,9 @@ class LossConfig:
     # per band (sigma in pixels of the training crop). See MODEL_CARD.md for why.
     detail_gain: float | tuple[float, ...] = 0.0
     detail_sigma: float | tuple[float, ...] = 2.0
+    # Distillation (not in the paper): weight of an L1 loss pulling the fused image towards that of a teacher model
+    # (``train.teacher``) on the same crop; 0 = off. Added to the paper's losses, which stay as they are.
+    distill_weight: float = 0.0
 
 
 @dataclass
@@ -179,6 +182,9 @@ class TrainConfig:
     # A split file (training/splits/*.txt: '<dataset folder>/<stem>' per line) naming the validation frames;
     # replaces val_fraction. Whole sequences only (checked; moe_fusion_core.data.split.assign_sequences).
     split_file: str | None = None
+    # Teacher for ``loss.distill_weight``: a checkpoint folder or an embedded model's name ("default"); frozen, in
+    # eval mode (no routing noise), run on every training batch.
+    teacher: str | None = None
     gate_lr_scale: float = 1.0  # learning rate of the gate matrices (W_g, W_n) relative to `lr` (docs/design.md)
 
 

@@ -172,6 +172,16 @@ class Trainer:
             for m in (d.mixing, d.attention_vis, d.attention_ir):
                 m.requires_grad_(False)
             self.anchor = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.teacher: MoEFusion | None = None
+        if (cfg.loss.distill_weight > 0) != (t.teacher is not None):
+            raise ValueError("loss.distill_weight > 0 and train.teacher go together (got distill_weight "
+                             f"{cfg.loss.distill_weight}, teacher {t.teacher!r})")
+        if t.teacher is not None:
+            if self.frozen_fusion:
+                raise ValueError("train.teacher distils the fused image: it needs a trainable fusion head "
+                                 "(not train.freeze_fusion)")
+            self.teacher, _ = load_model(t.teacher, self.device)
+            self.teacher.eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if t.gate_lr_scale <= 0:
             raise ValueError(f"train.gate_lr_scale must be > 0, got {t.gate_lr_scale}")
@@ -244,6 +254,12 @@ class Trainer:
                              labelled=labelled.tolist())
         loss_det = sum(det_losses.values()) if det_losses else torch.zeros((), device=self.device)
         loss = lf.total + self.cfg.loss.det_weight * loss_det
+        loss_distill = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                ref = self.teacher(b["ir"], b["vis"], vis_rgb=b["vis_rgb"]).fused
+            loss_distill = F.l1_loss(out.fused.float(), ref.float())
+            loss = loss + self.cfg.loss.distill_weight * loss_distill
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -254,6 +270,7 @@ class Trainer:
             "loss": loss.item(), "loss_pixel": lf.pixel.item(), "loss_grad": lf.grad.item(),
             "loss_load": lf.load.item(), "loss_det": float(loss_det.detach()),
             **({"loss_att_anchor": float(det_losses["att_anchor"].detach())} if "att_anchor" in det_losses else {}),
+            **({"loss_distill": float(loss_distill.detach())} if loss_distill is not None else {}),
             "grad_norm": float(grad_norm),
             **{f"load_{k}": g.load.detach().cpu().tolist() for k, g in gates.items()},
             **{f"gates_{k}": g.importance.detach().cpu().tolist() for k, g in gates.items()},

@@ -178,5 +178,5 @@ def test_nothing_fused_exits_two(tmp_path, folders, checkpoint, capsys):
     assert main(["fuse", "--ir", str(tmp_path / "missing"), "--vis", str(vis_dir), *common]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert main(["fuse", "--ir", str(ir_dir), "--vis", str(vis_dir), *common, "--detections",
-                 "--classes", "person", "bicycle"]) == 2
-    assert "unknown class(es) bicycle; the model's classes are person, car" in capsys.readouterr().err
+                 "--classes", "person", "dog"]) == 2
+    assert "unknown class(es) dog; the model's classes are person, bicycle, car" in capsys.readouterr().err

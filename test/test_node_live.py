@@ -228,8 +228,8 @@ def test_track_ids_follow_objects_across_frames_and_detections_classes_filters_a
                     followed[-1] += 1
         assert len(followed) == 4 and min(followed) >= 1 and sum(followed) >= 8, (followed, pan)
         # detections.classes: an unknown name is refused with the model's classes; "car" leaves the people out
-        (r,) = probe.set_params("/moe_fusion", {"detections.classes": ["person", "bicycle"]})
-        assert not r.successful and "bicycle" in r.reason and "person, car" in r.reason, r.reason
+        (r,) = probe.set_params("/moe_fusion", {"detections.classes": ["person", "dog"]})
+        assert not r.successful and "dog" in r.reason and "person, bicycle, car" in r.reason, r.reason
         assert "successful" in _ros2_param_set("detections.classes", "[car]").lower()
         probe.clear()
         publish_pan(rgb_stamp, 1_816_000_000 * NS, 2)

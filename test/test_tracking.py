@@ -57,9 +57,12 @@ def per_class_engine(tmp_path_factory):
     folder = tmp_path_factory.mktemp("per_class")
     (folder / "model.safetensors").symlink_to(default_checkpoint() / "model.safetensors")
     data = yaml.safe_load((default_checkpoint() / "config.yaml").read_text())
-    data["model"]["detector"]["score_thresholds"] = {"person": 0.6, "car": 0.05}
+    data["model"]["detector"]["score_thresholds"] = PER_CLASS
     (folder / "config.yaml").write_text(yaml.safe_dump(data))
     return FusionEngine(folder, device="cpu")
+
+
+PER_CLASS = {"person": 0.6, "bicycle": 0.3, "car": 0.05}  # the default model's classes
 
 
 def test_the_engine_publishes_each_class_at_its_own_threshold_unless_one_is_set(per_class_engine, sample_dir):
@@ -75,7 +78,7 @@ def test_the_engine_publishes_each_class_at_its_own_threshold_unless_one_is_set(
     finally:
         engine.score_threshold = None
     per_class = engine.fuse(ir, vis).detections
-    want = [d for d in everything if d.score >= {"person": 0.6, "car": 0.05}[d.class_name]]
+    want = [d for d in everything if d.score >= PER_CLASS[d.class_name]]
     assert [(d.class_name, d.score) for d in per_class] == [(d.class_name, d.score) for d in want]
     assert any(d.class_name == "car" and d.score < 0.6 for d in per_class)  # a car kept below the person bar
     assert any(d.class_name == "person" and d.score < 0.6 for d in everything)  # and people dropped by it

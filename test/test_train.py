@@ -208,12 +208,12 @@ def test_every_training_recipe_loads(recipe):
 
 
 def test_default_model_was_trained_with_its_documented_recipe():
-    """The shipped config.yaml carries the model, loss and schedule of training/shared_embedded_v2.yaml."""
+    """The shipped config.yaml carries the model, loss and schedule of training/shared_v4.yaml (v3)."""
     from moe_fusion_core.checkpoint import read_config
     from moe_fusion_core.config import load_config
 
     shipped = read_config(REPO / "moe_fusion_core" / "default_model")
-    recipe = load_config(REPO / "training" / "shared_embedded_v2.yaml")
+    recipe = load_config(REPO / "training" / "shared_v4.yaml")
     assert shipped.loss == recipe.loss
     assert shipped.train == recipe.train
     assert shipped.model == recipe.model
@@ -231,3 +231,31 @@ def test_detail_target_script_scores_the_rule_against_the_baselines(data_dir):
     np.testing.assert_array_equal(res["max+0·detail(σ=8)"], res["max"])
     boosted = res["max+0.3·detail(σ=8)"]
     assert boosted[2] > res["max"][2] and boosted[5] > res["max"][5]  # SD and AG rise with local contrast
+
+
+def test_distillation_pulls_the_fused_image_towards_the_teacher_and_leaves_the_teacher_alone(tmp_path, data_dir):
+    """loss.distill_weight + train.teacher: the L1 distance to the teacher's fused image is logged and falls while
+    the student trains; the teacher file is untouched; one without the other, or with a frozen fusion head, is
+    refused."""
+    from moe_fusion_core.checkpoint import save_model
+    from moe_fusion_core.config import load_config
+    from moe_fusion_core.model import build_model
+    from moe_fusion_core.train import Trainer
+
+    base = load_config(write_config(tmp_path, steps=1))
+    torch.manual_seed(0)
+    save_model(build_model(base.model), base, tmp_path / "teacher")
+    teacher_bytes = (tmp_path / "teacher" / "model.safetensors").read_bytes()
+    cfg = load_config(write_config(tmp_path, steps=12, teacher=str(tmp_path / "teacher")))
+    cfg.loss.distill_weight = 5.0
+    Trainer(cfg, [data_dir / "msrs"], tmp_path / "run", device="cpu", progress=False).train()
+    rows = read_metrics(tmp_path / "run")
+    first, last = np.mean([r["loss_distill"] for r in rows[:3]]), np.mean([r["loss_distill"] for r in rows[-3:]])
+    assert last < first
+    assert (tmp_path / "teacher" / "model.safetensors").read_bytes() == teacher_bytes
+    cfg.loss.distill_weight = 0.0
+    with pytest.raises(ValueError, match="go together"):
+        Trainer(cfg, [data_dir / "msrs"], tmp_path / "run2", device="cpu", progress=False)
+    cfg.loss.distill_weight, cfg.train.freeze_fusion = 5.0, True
+    with pytest.raises(ValueError, match="needs a trainable fusion head"):
+        Trainer(cfg, [data_dir / "msrs"], tmp_path / "run3", device="cpu", progress=False)

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 
-from warm_start import clone_experts, reset_gates, transfer, transfer_heads
+from warm_start import clone_experts, reset_gates, transfer, transfer_detectors, transfer_heads
 
 from moe_fusion_core.config import named_config
 from moe_fusion_core.model import build_model
@@ -61,3 +61,27 @@ def test_detector_heads_come_from_another_run_and_nothing_else_does():
     after = a.state_dict()
     assert all(torch.equal(after[k], b.state_dict()[k]) for k in names)
     assert all(torch.equal(after[k], before[k]) for k in before if k not in names)
+
+
+def test_fusion_head_of_one_model_on_the_detectors_of_another_of_other_widths():
+    """--detectors-from: the default model's fusion head on the fast model's 64-wide detectors: every fusion tensor
+    from the first, every detector tensor from the second; a detector config of other widths is refused."""
+    import pytest
+
+    torch.manual_seed(0)
+    fast_cfg = named_config("fast").model
+    fast_cfg.class_names = ["person", "bicycle", "car"]
+    fast = build_model(fast_cfg)
+    default = _model(["person", "car"], 1)
+    hybrid_cfg = named_config("embedded").model
+    hybrid_cfg.class_names, hybrid_cfg.moge.input_norm = ["person", "bicycle", "car"], "unit"
+    hybrid_cfg.detector.fpn_channels, hybrid_cfg.detector.attention_channels = 64, 32
+    hybrid = build_model(hybrid_cfg)
+    transfer(default, hybrid, "fusion.")
+    names = transfer_detectors(fast, hybrid)
+    h, f, d = hybrid.state_dict(), fast.state_dict(), default.state_dict()
+    assert set(names) == {k for k in h if k.startswith("detectors.")}
+    assert all(torch.equal(h[k], f[k]) for k in names)
+    assert all(torch.equal(h[k], d[k]) for k in h if k.startswith("fusion."))
+    with pytest.raises(ValueError, match="another shape in the detectors checkpoint"):
+        transfer_detectors(fast, _model(["person", "bicycle", "car"], 2))

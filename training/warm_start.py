@@ -18,7 +18,10 @@ What it does, in order (MODEL_CARD.md, "Recipe"):
    ``--backbones-only``: only the detectors' backbone bodies are copied (the fast model's stage 0: its other
    layers have other widths than the source's);
 6. ``--detector-heads-from CKPT``: both detectors' RPN and box heads are taken from CKPT (a run of
-   ``train.freeze_detector_features``, whose backbones and attention are those of ``--from``).
+   ``train.freeze_detector_features``, whose backbones and attention are those of ``--from``);
+   ``--detectors-from CKPT``: both detectors whole (backbones, FPNs, mixing, attention, heads) are taken from CKPT
+   and only the fusion head from ``--from`` (the default model's fusion head on the fast model's detectors; the
+   config's detector section must be CKPT's).
 
 Nothing else changes; the result is an ordinary checkpoint folder for ``moe-fusion train --init``.
 """
@@ -88,6 +91,19 @@ def transfer_heads(src: MoEFusion, dst: MoEFusion) -> list[str]:
     return names
 
 
+def transfer_detectors(src: MoEFusion, dst: MoEFusion) -> list[str]:
+    """Copy every detector tensor (``detectors.*``) from ``src``; names and shapes must match."""
+    s_state, d_state = src.state_dict(), dst.state_dict()
+    names = [k for k in d_state if k.startswith("detectors.")]
+    with torch.no_grad():
+        for k in names:
+            if k not in s_state or s_state[k].shape != d_state[k].shape:
+                raise ValueError(f"{k}: missing or of another shape in the detectors checkpoint (the config's "
+                                 "detector section must be that checkpoint's)")
+            d_state[k].copy_(s_state[k])
+    return names
+
+
 def clone_experts(experts: torch.nn.ModuleList, source: int, noise: float, generator: torch.Generator) -> None:
     """Every expert := expert ``source`` + N(0, (noise·std)²) per tensor (the source expert gets noise too)."""
     ref = {k: v.clone() for k, v in experts[source].state_dict().items()}
@@ -126,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the fast model from the default one); everything else starts from scratch")
     ap.add_argument("--detector-heads-from", type=Path, default=None,
                     help="take both detectors' RPN and box heads from this checkpoint (a detector-head stage)")
+    ap.add_argument("--detectors-from", type=Path, default=None,
+                    help="take both detectors whole from this checkpoint; only the fusion head comes from --from")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
@@ -135,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     prefix: str | tuple[str, ...] = "detectors." if args.fresh_fusion else ""
     if args.backbones_only:
         prefix = ("detectors.backbone_vis.body.", "detectors.backbone_ir.body.")
+    if args.detectors_from is not None:
+        if args.fresh_fusion or args.backbones_only or args.detector_heads_from:
+            raise ValueError("--detectors-from takes the detectors whole: not with --fresh-fusion, "
+                             "--backbones-only or --detector-heads-from")
+        prefix = "fusion."
     fresh = transfer(src, dst, prefix)
     if args.clone_moge_expert is not None:
         if not hasattr(dst.fusion, "moge"):
@@ -146,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         clone_experts(dst.fusion.moge.experts, 0, args.noise, torch.Generator().manual_seed(args.seed))
     gates = [] if args.keep_gates else reset_gates(dst)
     heads = transfer_heads(load_model(args.detector_heads_from)[0], dst) if args.detector_heads_from else []
+    if args.detectors_from is not None:
+        heads = transfer_detectors(load_model(args.detectors_from)[0], dst)
     save_model(dst, cfg, args.out)
     experts = "as in the source" if args.clone_moge_expert is None else f"cloned from expert {args.clone_moge_expert}"
     print(f"wrote {args.out}: {len(fresh)} tensors (partly) fresh {fresh[:6]}{' …' if len(fresh) > 6 else ''}; "
-          f"{len(gates)} gate matrices reset; MoGE experts {experts}; {len(heads)} detector-head tensors taken from "
-          f"{args.detector_heads_from}")
+          f"{len(gates)} gate matrices reset; MoGE experts {experts}; {len(heads)} detector tensors taken from "
+          f"{args.detectors_from or args.detector_heads_from}")
     return 0
 
 
