@@ -79,29 +79,28 @@ def transfer(src: MoEFusion, dst: MoEFusion, prefix: str | tuple[str, ...] = "")
     return fresh
 
 
-def transfer_heads(src: MoEFusion, dst: MoEFusion) -> list[str]:
-    """Copy both detectors' RPN and box heads (``detectors.head_vis.*``, ``detectors.head_ir.*``) from ``src``."""
+def _copy_all(src: MoEFusion, dst: MoEFusion, prefix: str | tuple[str, ...], source: str) -> list[str]:
+    """Copy every ``dst`` tensor whose name starts with ``prefix`` from ``src``; each must exist there with the same
+    shape (``source`` names the checkpoint in the error)."""
     s_state, d_state = src.state_dict(), dst.state_dict()
-    names = [k for k in d_state if k.startswith(("detectors.head_vis.", "detectors.head_ir."))]
+    names = [k for k in d_state if k.startswith(prefix)]
     with torch.no_grad():
         for k in names:
             if k not in s_state or s_state[k].shape != d_state[k].shape:
-                raise ValueError(f"{k}: missing or of another shape in the detector-head checkpoint")
+                raise ValueError(f"{k}: missing or of another shape in the {source}")
             d_state[k].copy_(s_state[k])
     return names
+
+
+def transfer_heads(src: MoEFusion, dst: MoEFusion) -> list[str]:
+    """Copy both detectors' RPN and box heads (``detectors.head_vis.*``, ``detectors.head_ir.*``) from ``src``."""
+    return _copy_all(src, dst, ("detectors.head_vis.", "detectors.head_ir."), "detector-head checkpoint")
 
 
 def transfer_detectors(src: MoEFusion, dst: MoEFusion) -> list[str]:
     """Copy every detector tensor (``detectors.*``) from ``src``; names and shapes must match."""
-    s_state, d_state = src.state_dict(), dst.state_dict()
-    names = [k for k in d_state if k.startswith("detectors.")]
-    with torch.no_grad():
-        for k in names:
-            if k not in s_state or s_state[k].shape != d_state[k].shape:
-                raise ValueError(f"{k}: missing or of another shape in the detectors checkpoint (the config's "
-                                 "detector section must be that checkpoint's)")
-            d_state[k].copy_(s_state[k])
-    return names
+    return _copy_all(src, dst, "detectors.",
+                     "detectors checkpoint (the config's detector section must be that checkpoint's)")
 
 
 def clone_experts(experts: torch.nn.ModuleList, source: int, noise: float, generator: torch.Generator) -> None:
@@ -171,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     heads = transfer_heads(load_model(args.detector_heads_from)[0], dst) if args.detector_heads_from else []
     if args.detectors_from is not None:
         heads = transfer_detectors(load_model(args.detectors_from)[0], dst)
+    taken = set(heads)  # left fresh by --from, then taken from the other checkpoint: not fresh
+    fresh = [k for k in fresh if k not in taken]
     save_model(dst, cfg, args.out)
     experts = "as in the source" if args.clone_moge_expert is None else f"cloned from expert {args.clone_moge_expert}"
     print(f"wrote {args.out}: {len(fresh)} tensors (partly) fresh {fresh[:6]}{' …' if len(fresh) > 6 else ''}; "
