@@ -128,6 +128,9 @@ class LossConfig:
     # everywhere, i.e. the same target as foreground (for data where few frames have boxes; see MODEL_CARD.md),
     # "contrast" = each pixel follows the source with more local contrast (losses.contrast_blend).
     background_target: str = "mean"
+    # With background_target "contrast": the contrast blend's share of the target there, the rest max(V, I)
+    # (1 = the blend alone; lower values soften the swing between the sources around hot targets).
+    contrast_mix: float = 1.0
     # Local-contrast boost of the pixel target (not in the paper; 0 = the paper's target T):
     # T + sum_i detail_gain[i] * (T - GaussianBlur_{detail_sigma[i]}(T)), clipped to [0, 1]; one number or a list
     # per band (sigma in pixels of the training crop). See MODEL_CARD.md for why.
@@ -136,6 +139,9 @@ class LossConfig:
     # Distillation (not in the paper): weight of an L1 loss pulling the fused image towards that of a teacher model
     # (``train.teacher``) on the same crop; 0 = off. Added to the paper's losses, which stay as they are.
     distill_weight: float = 0.0
+    # Structural similarity (not in the paper's loss; the issue allows it): weight of 1 − (SSIM(F, V) + SSIM(F, I))/2,
+    # Gaussian window σ 1.5 px (losses.ssim); 0 = off.
+    ssim_weight: float = 0.0
 
 
 @dataclass

@@ -29,15 +29,24 @@ def box_mask(boxes: Sequence[torch.Tensor], size: tuple[int, int], device: torch
     return mask
 
 
-def pixel_target(vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor, background: str = "mean") -> torch.Tensor:
+def pixel_target(vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor, background: str = "mean",
+                 contrast_mix: float = 1.0) -> torch.Tensor:
     """max(V, I) inside the boxes; outside, (V + I)/2 (``background="mean"``, spec §6.1), max(V, I) (``"max"``) or
-    the contrast-weighted blend of :func:`contrast_blend` (``"contrast"``). Detached."""
+    the contrast-weighted blend of :func:`contrast_blend` (``"contrast"``), of which ``contrast_mix`` is taken and
+    the rest max(V, I). Detached."""
     if background not in BACKGROUND_TARGETS:
         raise ValueError(f"loss.background_target must be one of {', '.join(BACKGROUND_TARGETS)}, got {background!r}")
+    if not 0.0 <= contrast_mix <= 1.0:
+        raise ValueError(f"loss.contrast_mix must be in [0, 1], got {contrast_mix}")
     fg = torch.maximum(vis, ir)
     if background == "max":
         return fg.detach()
-    bg = (vis + ir) / 2 if background == "mean" else contrast_blend(vis, ir)
+    if background == "mean":
+        bg = (vis + ir) / 2
+    else:
+        bg = contrast_blend(vis, ir)
+        if contrast_mix < 1.0:
+            bg = contrast_mix * bg + (1.0 - contrast_mix) * fg
     return torch.where(mask > 0, fg, bg).detach()
 
 
@@ -94,9 +103,9 @@ def boost_detail(target: torch.Tensor, gain: float | Sequence[float], sigma: flo
 
 def pixel_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, mask: torch.Tensor,
                background: str = "mean", detail_gain: float | Sequence[float] = 0.0,
-               detail_sigma: float | Sequence[float] = 2.0) -> torch.Tensor:
+               detail_sigma: float | Sequence[float] = 2.0, contrast_mix: float = 1.0) -> torch.Tensor:
     """Mean over all pixels of |F − T| (spec §6.1), T optionally detail-boosted (``boost_detail``)."""
-    target = boost_detail(pixel_target(vis, ir, mask, background), detail_gain, detail_sigma)
+    target = boost_detail(pixel_target(vis, ir, mask, background, contrast_mix), detail_gain, detail_sigma)
     return (fused - target).abs().mean()
 
 
@@ -114,19 +123,39 @@ def gradient_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor) -> t
     return (sobel_gradient(fused) - target).abs().mean()
 
 
+SSIM_SIGMA = 1.5  # pixels: the Gaussian window of the SSIM term (Wang et al. 2004)
+_SSIM_C1, _SSIM_C2 = 0.01**2, 0.03**2  # (K1·L)², (K2·L)² for data range L = 1
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """Mean SSIM of two B×C×H×W images in [0, 1] (Gaussian window, reflected borders)."""
+    mx, my = gaussian_blur(x, sigma), gaussian_blur(y, sigma)
+    vx = gaussian_blur(x * x, sigma) - mx * mx
+    vy = gaussian_blur(y * y, sigma) - my * my
+    cxy = gaussian_blur(x * y, sigma) - mx * my
+    s = ((2 * mx * my + _SSIM_C1) * (2 * cxy + _SSIM_C2)) / ((mx * mx + my * my + _SSIM_C1) * (vx + vy + _SSIM_C2))
+    return s.mean()
+
+
+def ssim_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    """1 − (SSIM(F, V) + SSIM(F, I)) / 2: the fused image keeps the structure of both sources."""
+    return 1 - (ssim(fused, vis.detach()) + ssim(fused, ir.detach())) / 2
+
+
 @dataclass
 class FusionLosses:
-    """The fusion loss and its parts (all scalars)."""
+    """The fusion loss and its parts (all scalars; ``ssim`` is None when its weight is 0)."""
 
     total: torch.Tensor
     pixel: torch.Tensor
     grad: torch.Tensor
     load: torch.Tensor
+    ssim: torch.Tensor | None = None
 
 
 def fusion_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, boxes: Sequence[torch.Tensor],
                 load_loss: torch.Tensor, cfg: LossConfig, labelled: Sequence[bool] | None = None) -> FusionLosses:
-    """L_fusion = w_pix·L_pixel + α·L_grad + w_load·L_load, computed in fp32.
+    """L_fusion = w_pix·L_pixel + α·L_grad + w_load·L_load (+ w_ssim·L_ssim when set), computed in fp32.
 
     ``labelled[b]`` False marks a frame without box annotations; its pixel target follows
     ``cfg.unlabelled_target`` (whole frame background = mean, or foreground = max); ``cfg.background_target``
@@ -140,7 +169,12 @@ def fusion_loss(fused: torch.Tensor, vis: torch.Tensor, ir: torch.Tensor, boxes:
         for b, has_labels in enumerate(labelled):
             if not has_labels:
                 mask[b] = 1
-    lp = pixel_loss(fused, vis, ir, mask, cfg.background_target, cfg.detail_gain, cfg.detail_sigma)
+    lp = pixel_loss(fused, vis, ir, mask, cfg.background_target, cfg.detail_gain, cfg.detail_sigma,
+                    cfg.contrast_mix)
     lg = gradient_loss(fused, vis, ir)
     total = cfg.pixel_weight * lp + cfg.alpha * lg + cfg.load_weight * load_loss
-    return FusionLosses(total, lp, lg, load_loss)
+    ls = None
+    if cfg.ssim_weight:
+        ls = ssim_loss(fused, vis, ir)
+        total = total + cfg.ssim_weight * ls
+    return FusionLosses(total, lp, lg, load_loss, ls)

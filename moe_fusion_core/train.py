@@ -271,6 +271,7 @@ class Trainer:
             "loss_load": lf.load.item(), "loss_det": float(loss_det.detach()),
             **({"loss_att_anchor": float(det_losses["att_anchor"].detach())} if "att_anchor" in det_losses else {}),
             **({"loss_distill": float(loss_distill.detach())} if loss_distill is not None else {}),
+            **({"loss_ssim": float(lf.ssim.detach())} if lf.ssim is not None else {}),
             "grad_norm": float(grad_norm),
             **{f"load_{k}": g.load.detach().cpu().tolist() for k, g in gates.items()},
             **{f"gates_{k}": g.importance.detach().cpu().tolist() for k, g in gates.items()},

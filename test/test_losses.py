@@ -18,6 +18,7 @@ from moe_fusion_core.losses import (
     pixel_loss,
     pixel_target,
     sobel_gradient,
+    ssim,
 )
 
 
@@ -154,6 +155,21 @@ def test_contrast_target_follows_the_source_with_structure_not_the_brighter_one(
     assert torch.equal(pixel_target(vis, ir, torch.zeros_like(ir), cfg.background_target), t)
 
 
+def test_contrast_mix_softens_the_contrast_target_towards_max(sample_dir):
+    ir = torch.from_numpy(read_ir(sample_dir / "pairs" / "ir" / "0117_1620_v0287.png")).double()[None, None] / 255
+    vis = torch.from_numpy(rgb_to_luma(read_vis(sample_dir / "pairs" / "vis" / "0117_1620_v0287.png"))).double()
+    vis = vis[None, None] / 255
+    mask = torch.zeros_like(ir)
+    mask[..., 200:260, 100:140] = 1  # a box: max(V, I) there whatever the mix
+    full, half = (pixel_target(vis, ir, mask, "contrast", m) for m in (1.0, 0.5))
+    as_max = pixel_target(vis, ir, mask, "max")
+    assert torch.allclose(half, (full + as_max) / 2, atol=1e-12)
+    assert torch.equal(pixel_target(vis, ir, mask, "contrast", 0.0), as_max)
+    assert torch.equal(half[mask > 0], as_max[mask > 0])
+    with pytest.raises(ValueError, match="contrast_mix"):
+        pixel_target(vis, ir, mask, "contrast", 1.5)
+
+
 @pytest.fixture(scope="module")
 def msrs_max(sample_dir) -> np.ndarray:
     """max(V, I) of a real night pair (M3SVD, from the repository's sample), a 160×200 crop, in [0, 1]."""
@@ -206,3 +222,30 @@ def test_fusion_loss_uses_the_configured_detail_boost(tmp_path):
     (tmp_path / "c.yaml").write_text("base: embedded\nloss: {detail_gain: [0.3, 0.2], detail_sigma: [1.0, 9.0]}\n")
     loaded = load_config(tmp_path / "c.yaml").loss
     assert list(loaded.detail_gain) == [0.3, 0.2] and list(loaded.detail_sigma) == [1.0, 9.0]
+
+
+def test_ssim_term_matches_a_reference_ssim_and_is_off_by_default(sample_dir):
+    ir = read_ir(sample_dir / "pairs" / "ir" / "0111_1803_0000.png")[200:328, 300:428].astype(np.float64) / 255
+    vis = rgb_to_luma(read_vis(sample_dir / "pairs" / "vis" / "0111_1803_0000.png"))[200:328, 300:428] / 255.0
+
+    def reference(a: np.ndarray, b: np.ndarray) -> float:  # Wang et al. 2004, 11×11 Gaussian σ 1.5, OpenCV blur
+        g = lambda z: cv2.GaussianBlur(z, (11, 11), 1.5)  # noqa: E731
+        ma, mb = g(a), g(b)
+        va, vb, cab = g(a * a) - ma**2, g(b * b) - mb**2, g(a * b) - ma * mb
+        c1, c2 = 0.01**2, 0.03**2
+        return float((((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))).mean())
+
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
+    assert ssim(t(vis), t(ir)).item() == pytest.approx(reference(vis, ir), abs=1e-9)
+    assert ssim(t(vis), t(vis)).item() == pytest.approx(1.0, abs=1e-9)
+    f = torch.maximum(t(vis), t(ir)).float().requires_grad_()
+    v, i = t(vis).float(), t(ir).float()
+    load = torch.tensor(0.0)
+    off = fusion_loss(f, v, i, [torch.zeros(0, 4)], load, LossConfig())
+    on = fusion_loss(f, v, i, [torch.zeros(0, 4)], load, LossConfig(ssim_weight=2.0))
+    assert off.ssim is None
+    m = np.maximum(vis, ir)
+    assert on.ssim.item() == pytest.approx(1 - (reference(m, vis) + reference(m, ir)) / 2, abs=1e-5)
+    assert on.total.item() == pytest.approx(off.total.item() + 2.0 * on.ssim.item(), rel=1e-6)
+    on.total.backward()
+    assert f.grad is not None and f.grad.abs().sum() > 0
