@@ -56,7 +56,7 @@ DECLARATIONS: tuple[ParamSpec, ...] = (
     ParamSpec("model.detections", True, "bool", "run the auxiliary detectors and publish detections"),
     ParamSpec("model.score_threshold", -1.0, "double",
               "minimum detection score, one for every class; negative = the model's own, per class (chosen on its "
-              "validation split; 0.7 for the embedded model)", range=(-1.0, 1.0)),
+              "validation split; `moe-fusion info` lists them)", range=(-1.0, 1.0)),
     ParamSpec("detections.classes", [], "string_array",
               "classes published on fused/detections and drawn on fused/debug_image; empty = every class the "
               "model has (names the model does not have are refused)"),

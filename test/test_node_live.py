@@ -161,8 +161,11 @@ def _ros2_param_set(name: str, value: str) -> str:
 
 def test_track_ids_follow_objects_across_frames_and_detections_classes_filters_at_run_time(node, probe, bag, truth):
     """The sample bag's frames are stills of different scenes (RoadScene), so objects staying in view are made
-    from its busiest frame: the pair published five times, the scene moving 4 px a frame (a slow pan)."""
+    from the frame with the most kinds of object: the pair published five times, the scene moving 4 px a frame (a slow
+    pan). Boxes that are one object in consecutive frames keep their ID, and two objects keep one ID each through at
+    least four of the five frames."""
     import copy
+    from collections import Counter
     from itertools import pairwise
 
     import numpy as np
@@ -209,8 +212,10 @@ def test_track_ids_follow_objects_across_frames_and_detections_classes_filters_a
         assert len(stills) == n
         assert all(i.isdigit() for f in stills for _, i, _ in f)  # every published box carries a track ID
         assert all(len({i for _, i, _ in f}) == len(f) for f in stills)  # one ID per object in a frame
-        busiest = max(range(n), key=lambda k: sum(c == "person" for c, _, _ in stills[k]))
-        assert sum(c == "person" for c, _, _ in stills[busiest]) >= 2, stills
+        # the frame with the most kinds of object, then the most objects: people and cars to follow and to filter
+        busiest = max(range(n), key=lambda k: (len({c for c, _, _ in stills[k]}), len(stills[k])))
+        kinds = [c for c, _, _ in stills[busiest]]
+        assert len(kinds) >= 2 and "car" in kinds and "person" in kinds, stills
         rgb_stamp = sorted(r for _, r in truth["pairs"])[busiest]
         probe.clear()
         publish_pan(rgb_stamp, 1_815_000_000 * NS, 5)  # after the last test's stamps
@@ -226,7 +231,9 @@ def test_track_ids_follow_objects_across_frames_and_detections_classes_filters_a
                 if iou[a].argmax() == b and iou[:, b].argmax() == a and prev[a][0] == cur[b][0]:
                     assert cur[b][1] == prev[a][1], (prev[a], cur[b])  # the same object keeps its ID
                     followed[-1] += 1
-        assert len(followed) == 4 and min(followed) >= 1 and sum(followed) >= 8, (followed, pan)
+        assert len(followed) == 4 and sum(followed) >= 4, (followed, pan)
+        frames_per_id = Counter(i for f in pan for _, i, _ in f)  # a missed frame does not end a track
+        assert sum(v >= 4 for v in frames_per_id.values()) >= 2, (frames_per_id, pan)  # two objects, one ID each
         # detections.classes: an unknown name is refused with the model's classes; "car" leaves the people out
         (r,) = probe.set_params("/moe_fusion", {"detections.classes": ["person", "dog"]})
         assert not r.successful and "dog" in r.reason and "person, bicycle, car" in r.reason, r.reason
@@ -234,7 +241,13 @@ def test_track_ids_follow_objects_across_frames_and_detections_classes_filters_a
         probe.clear()
         publish_pan(rgb_stamp, 1_816_000_000 * NS, 2)
         assert probe.wait(lambda: len(probe.messages("detections")) >= 2, WAIT), node.log()[-3000:]
-        assert all(c == "car" for f in tracked(probe.messages("detections")) for c, _, _ in f)
+        cars = [c for f in tracked(probe.messages("detections")) for c, _, _ in f]
+        assert cars and all(c == "car" for c in cars), cars  # that frame's cars, none of its other objects
+        assert "successful" in _ros2_param_set("detections.classes", "[person]").lower()
+        probe.clear()
+        publish_pan(rgb_stamp, 1_817_000_000 * NS, 2)  # the same frames: their cars are no longer published
+        assert probe.wait(lambda: len(probe.messages("detections")) >= 2, WAIT), node.log()[-3000:]
+        assert all(c == "person" for f in tracked(probe.messages("detections")) for c, _, _ in f)
         assert "successful" in _ros2_param_set("detections.classes", "['']").lower()  # all classes again
     finally:
         set_ok(probe, model__score_threshold=-1.0, detections__classes=[""])
