@@ -17,9 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare_peer import _mean
 
 from moe_fusion_core.metrics.fusion import METRIC_NAMES
 
@@ -28,8 +29,7 @@ WORSE_LIMIT = 2  # a dataset counts against a run when it is worse than the refe
 
 def _means(per_image: dict[str, dict[str, float]], prefix: str | None) -> dict[str, float]:
     keys = [k for k in per_image if prefix is None or k.startswith(prefix)]
-    return {m: float(np.mean([per_image[k][m] for k in keys if per_image[k].get(m) is not None]))
-            for m in METRIC_NAMES}
+    return {m: _mean(per_image, keys, m) for m in METRIC_NAMES}
 
 
 def load_run(folder: Path) -> tuple[dict, dict]:
