@@ -11,7 +11,15 @@ from real_pairs import msrs_pairs
 from moe_fusion_core.embedded import EMBEDDED_MODELS
 from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
-from moe_fusion_core.model.deploy import DeployFusion, area_pool_matrix, gate_features
+from moe_fusion_core.model.deploy import (
+    DeployFusion,
+    area_pool_matrix,
+    combine_pair,
+    gate_features,
+    interleaved_conv,
+    pair_modules,
+)
+from moe_fusion_core.model.experts import combine
 
 STEMS = ("00081D", "01023N")  # MSRS validation pairs (day, night) the shipped models route to different experts
 SIZE = (320, 240)
@@ -72,6 +80,46 @@ def test_area_pool_matrices_equal_adaptive_average_pooling():
         torch.testing.assert_close(gate_features(x, grid, "area", export="dynamic"),
                                    gate_features(x, grid, "area"), atol=1e-6, rtol=1e-5)
     assert torch.allclose(area_pool_matrix(10, 3, torch.device("cpu")).sum(1), torch.ones(3))
+
+
+def test_exported_layout_computes_the_deploy_graphs_fused_image(eager, pairs):
+    """The layout traced for ONNX (interleaved encoder convs and a permuted x_f for 8-wide encoders, the
+    element-wise two-expert log-sum-exp) gives the same fused image and gates as the deploy graph."""
+    deploy = DeployFusion(eager.model)
+    def gray(a: np.ndarray) -> np.ndarray:
+        return a if a.ndim == 2 else a.mean(-1)  # any one-channel image: both layouts see the same input
+
+    x = [torch.from_numpy(np.stack([gray(p[i]) for p in pairs]))[:, None].float() / 255 for i in (0, 1)]
+    with torch.no_grad():
+        ref = deploy(*x)
+        deploy.export = "dynamic"
+        out = deploy(*x)
+    torch.testing.assert_close(out.fused, ref.fused, atol=2e-5, rtol=1e-5)
+    for k in ref.gates:
+        torch.testing.assert_close(out.gates[k], ref.gates[k], atol=1e-6, rtol=1e-5)
+    assert (deploy.flat_encoders is not None) == (eager.model.cfg.encoder_channels < 16)
+
+
+def test_interleaved_conv_equals_the_grouped_pair_on_reordered_input():
+    torch.manual_seed(0)
+    a, b = torch.nn.Conv2d(24, 8, 3, padding=1), torch.nn.Conv2d(24, 8, 3, padding=1)
+    paired = pair_modules(torch.nn.Sequential(a), torch.nn.Sequential(b))[0]
+    x_v, x_i = torch.randn(1, 24, 9, 11), torch.randn(1, 24, 9, 11)
+    flat = interleaved_conv(paired, pieces=3)
+    interleaved = torch.cat([t for k in range(3) for t in (x_v[:, 8 * k:8 * k + 8], x_i[:, 8 * k:8 * k + 8])], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(flat(interleaved), torch.cat([a(x_v), b(x_i)], 1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="groups=2"):
+        interleaved_conv(a, 1)
+
+
+def test_two_expert_combination_equals_the_log_sum_exp_of_the_eager_model():
+    e = torch.randn(3, 2, 4, 5, 6) * 30  # far-apart expert outputs: no overflow, no loss of the smaller one
+    g = torch.softmax(torch.randn(3, 2), 1)
+    torch.testing.assert_close(combine_pair(e, g, "logsumexp"), combine(e, g, "logsumexp"))
+    torch.testing.assert_close(combine_pair(e, g, "linear"), combine(e, g, "linear"))
+    e3, g3 = torch.randn(2, 3, 1, 4, 4), torch.softmax(torch.randn(2, 3), 1)
+    torch.testing.assert_close(combine_pair(e3, g3, "logsumexp"), combine(e3, g3, "logsumexp"))
 
 
 def test_deploy_graph_rejects_unknown_moe_mode(eager):

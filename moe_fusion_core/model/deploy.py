@@ -7,7 +7,8 @@ data-dependent control flow and no host synchronisation (CUDA-graph capturable, 
   experts run as grouped convolutions whose weights are either *gathered* for the K selected experts of each
   sample (``moe="gather"``: the FLOPs of sparse dispatch, static shapes) or all N experts with zero weight for
   the unselected ones (``moe="dense"``: N/K times the expert FLOPs, no per-sample weights). The combination is
-  :func:`~moe_fusion_core.model.experts.combine` (fp32), as in the eager model.
+  the eager model's (fp32); in an exported graph, with two selected experts, its log-sum-exp is written
+  element-wise (:func:`combine_pair`), which ONNX Runtime runs ~3× faster than its ReduceLogSumExp.
 - **two of everything, one call**: the two detector backbones + FPNs, the two attention heads and the two
   encoders each run as one module with grouped convolutions (channels ``[visible; infrared]``); batch-norm
   folded into the preceding convolution.
@@ -48,6 +49,29 @@ def _pair_conv(a: nn.Conv2d, b: nn.Conv2d) -> nn.Conv2d:
         if a.bias is not None:
             c.bias.copy_(torch.cat([a.bias, b.bias]))
     return c.to(a.weight.device)
+
+
+def interleaved_conv(paired: nn.Conv2d, pieces: int) -> nn.Conv2d:
+    """A groups=2 conv of :func:`pair_modules` (input ``[v0 … v(n−1); i0 … i(n−1)]``, n = ``pieces`` equal
+    pieces per modality) as one groups=1 conv reading ``[v0, i0, v1, i1, …]``: the same outputs, zero weight
+    across modalities. Twice the multiply-adds, but ONNX Runtime's blocked kernels run it faster than the grouped
+    one when each group has fewer than 16 channels (docs/benchmarks.md, "Graph layout of the fast model")."""
+    if paired.groups != 2:
+        raise ValueError(f"interleaved_conv: expected a paired conv (groups=2), got groups={paired.groups}")
+    half_out = paired.out_channels // 2
+    w_in = paired.in_channels // (2 * pieces)
+    c = nn.Conv2d(paired.in_channels, paired.out_channels, paired.kernel_size, paired.stride, paired.padding,
+                  paired.dilation, 1, bias=paired.bias is not None, padding_mode=paired.padding_mode)
+    with torch.no_grad():
+        c.weight.zero_()
+        for m in range(2):  # modality: output rows m·half_out…, its own input pieces
+            rows = slice(m * half_out, (m + 1) * half_out)
+            for k in range(pieces):
+                src = paired.weight[rows, k * w_in:(k + 1) * w_in]
+                c.weight[rows, (2 * k + m) * w_in:(2 * k + m + 1) * w_in] = src
+        if paired.bias is not None:
+            c.bias.copy_(paired.bias)
+    return c.to(paired.weight.device)
 
 
 def _pair_bn(a: nn.Module, b: nn.Module) -> nn.Module:
@@ -190,6 +214,19 @@ class StackedExperts(nn.Module):
         return y.reshape(y.shape[0], n, -1, *y.shape[-2:])
 
 
+def combine_pair(expert_outputs: torch.Tensor, top_k_gates: torch.Tensor, mode: str) -> torch.Tensor:
+    """:func:`~moe_fusion_core.model.experts.combine`, the same maths; for K = 2 and ``logsumexp`` written as
+    max(a, b) + log1p(exp(min(a, b) − max(a, b))) of a, b = log g + E (element-wise, no reduction)."""
+    if mode != "logsumexp" or expert_outputs.shape[1] != 2:
+        return combine(expert_outputs, top_k_gates, mode)
+    e = expert_outputs.float()
+    g = top_k_gates.float().view(*top_k_gates.shape, *([1] * (e.dim() - 2)))
+    x = torch.log(g.clamp_min(2.2e-16)) + e
+    a, b = x[:, 0], x[:, 1]
+    hi = torch.maximum(a, b)
+    return hi + torch.log1p(torch.exp(torch.minimum(a, b) - hi))
+
+
 def combine_all(outputs: torch.Tensor, gates: torch.Tensor, mode: str) -> torch.Tensor:
     """:func:`combine` over all N experts with the full B×N gate vector (zero = unselected, contributes nothing)."""
     e = outputs.float()
@@ -254,6 +291,16 @@ class DeployFusion(nn.Module):
         self.att = fh.att
         self.encoders = pair_modules(fh.encoder_vis, fh.encoder_ir)
         self.channels = fh.encoder_vis.conv1.out_channels
+        # Encoders narrower than 16 channels: an exported graph runs them as interleaved groups=1 convs
+        # (interleaved_conv) and keeps their outputs in the order [a_v, a_i, b_v, b_i, …], so that no activation
+        # is sliced apart and re-concatenated; x_f's consumers (MoGE's gate and first expert layer) read that
+        # order through a channel permutation of their weights (set up below).
+        self.flat_encoders: nn.ModuleDict | None = None
+        if self.channels < 16:
+            e = self.encoders
+            self.flat_encoders = nn.ModuleDict({
+                "conv1": interleaved_conv(e.conv1, 1), "dense1": interleaved_conv(e.dense1, 1),
+                "dense2": interleaved_conv(e.dense2, 2), "dense3": interleaved_conv(e.dense3, 3)})
         if self.local_mode == "mole":
             self.mole_fg, self.mole_bg = fh.mole_fg, fh.mole_bg  # gates used as they are
             self.local_fg = StackedExperts(fh.mole_fg.experts)
@@ -264,6 +311,16 @@ class DeployFusion(nn.Module):
         if hasattr(fh, "moge"):
             self.moge = fh.moge
             self.global_experts = StackedExperts(fh.moge.experts)
+            if self.flat_encoders is not None:
+                # x_f in the flat order [a_v, a_i, b_v, b_i, c_v, c_i, d_v, d_i, fg, bg] (blocks of C channels) →
+                # the eager order [a_v, b_v, c_v, d_v, a_i, b_i, c_i, d_i, fg, bg]
+                c = self.channels
+                blocks = [m * 4 + k for k in range(4) for m in range(2)] + [8, 9]
+                perm = torch.cat([torch.arange(b * c, (b + 1) * c) for b in blocks])
+                self.register_buffer("xf_to_eager", torch.argsort(perm), persistent=False)
+                self.flat_global_experts = copy.deepcopy(self.global_experts)
+                w0 = self.global_experts.weight(0)
+                self.flat_global_experts.w0 = w0[:, perm.to(w0.device)].contiguous()
         else:
             self.decoder = fh.decoder
         det = model.detectors
@@ -305,7 +362,20 @@ class DeployFusion(nn.Module):
             f = f * (1 + torch.repeat_interleave(a, c, dim=1))
         return f, a
 
+    def _encode_flat(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoders in the flat order: (x_enc as [d_v; d_i], x_dense of both as [a_v, a_i, b_v, … d_i])."""
+        e = self.flat_encoders
+        assert e is not None
+        a = torch.relu(e["conv1"](torch.cat([vis, ir], 1)))
+        b = e["dense1"](a)
+        ab = torch.cat([a, b], 1)
+        cc = e["dense2"](ab)
+        abc = torch.cat([ab, cc], 1)
+        d = e["dense3"](abc)
+        return d, torch.cat([abc, d], 1)
+
     def _encode(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The paired encoders: (x_enc as [d_v; d_i], x_dense of the visible one, x_dense of the infrared one)."""
         e, c = self.encoders, self.channels
         a = torch.relu(e.conv1(torch.cat([vis, ir], 1)))
         b = e.dense1(a)
@@ -314,11 +384,16 @@ class DeployFusion(nn.Module):
         cv, ci = cc[:, :c], cc[:, c:]
         d = e.dense3(torch.cat([av, bv, cv, ai, bi, ci], 1))
         dv, di = d[:, :c], d[:, c:]
-        return dv, torch.cat([av, bv, cv, dv], 1), di, torch.cat([ai, bi, ci, di], 1)
+        return d, torch.cat([av, bv, cv, dv], 1), torch.cat([ai, bi, ci, di], 1)
 
-    def _mole(self, mole: nn.Module, experts: StackedExperts, fv: torch.Tensor, fi: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        g = mole.gate(gate_features(torch.cat([fv, fi], 1), mole.cfg.grid, mole.cfg.pool, self.export))
+    def _combine(self, outputs: torch.Tensor, top_k_gates: torch.Tensor) -> torch.Tensor:
+        """The selected experts' combination; in a traced ONNX graph the element-wise two-expert form."""
+        return (combine_pair if self.export else combine)(outputs, top_k_gates, self.combine_mode)
+
+    def _mole(self, mole: nn.Module, experts: StackedExperts, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f``: the masked encoder features of both modalities, B×2C×H×W ``[visible; infrared]``."""
+        g = mole.gate(gate_features(f, mole.cfg.grid, mole.cfg.pool, self.export))
+        fv, fi = f[:, :self.channels], f[:, self.channels:]
         if self.moe == "dense":
             if 2 * self.num_visible != experts.num_experts:
                 raise ValueError("dense MoLE needs as many visible as infrared experts")
@@ -327,16 +402,20 @@ class DeployFusion(nn.Module):
             idx = g.top_k_indices
             is_vis = (idx < self.num_visible).view(*idx.shape, 1, 1, 1)
             x = torch.where(is_vis, fv.unsqueeze(1), fi.unsqueeze(1))  # B×K×C×H×W, modality routing
-            y = combine(experts.gathered(x, idx, shared=False), g.top_k_gates, self.combine_mode)
+            y = self._combine(experts.gathered(x, idx, shared=False), g.top_k_gates)
         return y, g.gates
 
-    def _moge(self, x_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.moge.gate(gate_features(x_f, self.moge.cfg.grid, self.moge.cfg.pool, self.export))
+    def _moge(self, x_f: torch.Tensor, flat: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``flat``: ``x_f`` in the flat encoders' channel order (see ``__init__``)."""
+        experts = self.flat_global_experts if flat else self.global_experts
+        feats = gate_features(x_f, self.moge.cfg.grid, self.moge.cfg.pool, self.export)
+        if flat:  # pooled channels back to the order the gate was trained on
+            feats = feats.view(x_f.shape[0], x_f.shape[1], -1).index_select(1, self.xf_to_eager).flatten(1)
+        g = self.moge.gate(feats)
         if self.moe == "dense":
-            y = combine_all(self.global_experts.dense(x_f), g.gates, self.combine_mode)
+            y = combine_all(experts.dense(x_f), g.gates, self.combine_mode)
         else:
-            y = combine(self.global_experts.gathered(x_f, g.top_k_indices, shared=True), g.top_k_gates,
-                        self.combine_mode)
+            y = self._combine(experts.gathered(x_f, g.top_k_indices, shared=True), g.top_k_gates)
         return y, g.gates
 
     # -------------------------------------------------------------- forward
@@ -359,20 +438,27 @@ class DeployFusion(nn.Module):
             att = self.att(a[:, :1], a[:, 1:], size)
         else:
             att = ir.new_full((ir.shape[0], 1, *size), self.cfg.fixed_att)
-        enc_v, dense_v, enc_i, dense_i = self._encode(vis, ir)
-        att = att.to(enc_v.dtype)
-        parts = [dense_v, dense_i]
+        flat = (bool(self.export) and self.flat_encoders is not None and self.local_mode == "mole"
+                and hasattr(self, "moge"))
+        if flat:
+            enc, dense = self._encode_flat(vis, ir)
+            parts = [dense]
+        else:
+            enc, dense_v, dense_i = self._encode(vis, ir)
+            parts = [dense_v, dense_i]
+        att = att.to(enc.dtype)
         gates: dict[str, torch.Tensor] = {}
         if self.local_mode == "mole":
-            fg, gates["mole_fg"] = self._mole(self.mole_fg, self.local_fg, enc_v * att, enc_i * att)
-            bg, gates["mole_bg"] = self._mole(self.mole_bg, self.local_bg, enc_v * (1 - att), enc_i * (1 - att))
-            parts += [fg.to(enc_v.dtype), bg.to(enc_v.dtype)]
+            fg, gates["mole_fg"] = self._mole(self.mole_fg, self.local_fg, enc * att)
+            bg, gates["mole_bg"] = self._mole(self.mole_bg, self.local_bg, enc * (1 - att))
+            parts += [fg.to(enc.dtype), bg.to(enc.dtype)]
         elif self.local_mode == "att_local":
+            enc_v, enc_i = enc[:, :self.channels], enc[:, self.channels:]
             parts += [self.att_local_fg(enc_v * att, enc_i * att),
                       self.att_local_bg(enc_v * (1 - att), enc_i * (1 - att))]
         x_f = torch.cat(parts, 1)
         if hasattr(self, "moge"):
-            fused, gates["moge"] = self._moge(x_f)
+            fused, gates["moge"] = self._moge(x_f, flat)
         else:
             fused = self.decoder(x_f).float()
         return DeployOutput(fused[..., :h, :w], gates, tuple(feats) if feats is not None else None)
