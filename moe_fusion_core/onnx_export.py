@@ -161,10 +161,39 @@ def calibration_feeds(graph: Path, pairs: Sequence[tuple[Path, Path]], size: tup
     return feeds
 
 
+QUANT_SETTINGS = "qdq u8 activations, s8 symmetric weights in 7 bits, fp32 output tail"  # in cached graphs' names
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def output_tail(graph: Path, output: str = "fused") -> list[str]:
+    """Names of the nodes that compute ``output`` from the last weighted layers (convolutions, matmuls) of
+    ``graph``: MoGE's expert combination and the crop, element-wise work on a few channels. Quantizing their
+    outputs to 8 bits coarsens the fused image itself (a step of 1.6 grey levels over its calibrated range, EN −11 %),
+    so they stay fp32."""
+    import onnx
+
+    proto = onnx.load(str(graph), load_external_data=False)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    tail: list[str] = []
+    todo, seen = [output], set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen or node.op_type in WEIGHTED_OPS:
+            continue
+        seen.add(node.name)
+        tail.append(node.name)
+        todo.extend(node.input)
+    return tail
+
+
 def quantize_onnx(graph: Path, out: Path, feeds: Sequence[dict[str, Any]], per_channel: bool = True) -> Path:
     """ONNX Runtime static quantization of an exported fp32 ``graph`` into ``out`` (atomically): QDQ format,
     8-bit activations (asymmetric, MinMax ranges over ``feeds``) and weights (symmetric, per output channel when
-    ``per_channel``); the config metadata is kept and ``moe_fusion_quantization`` added."""
+    ``per_channel``) in 7 bits (``reduce_range``): x86 CPUs with AVX2 but without VNNI multiply u8 × s8 pairs
+    into saturating 16-bit sums, which full 8-bit weights overflow (on such a CPU the default model's graph was
+    off by 5–11 grey levels on average, with stripes at the borders; with 7-bit weights ≤ 1.3 on four of the five
+    sample pairs, docs/benchmarks.md, INT8). The fused image's last element-wise steps stay fp32
+    (:func:`output_tail`). The config metadata is kept and ``moe_fusion_quantization`` added."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -177,6 +206,7 @@ def quantize_onnx(graph: Path, out: Path, feeds: Sequence[dict[str, Any]], per_c
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         quantize_static(str(graph), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        reduce_range=True, nodes_to_exclude=output_tail(graph),
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         _set_metadata(tmp, {QUANT_KEY: f"int8-qdq{'-per-channel' if per_channel else ''}"})
@@ -192,7 +222,7 @@ def cached_quantized(graph: Path, pairs: Sequence[tuple[Path, Path]], size: tupl
     order, the size and the onnxruntime version, so other calibration data quantizes again."""
     import onnxruntime
 
-    digest = hashlib.sha256(f"{size} {onnxruntime.__version__}".encode())
+    digest = hashlib.sha256(f"{size} {onnxruntime.__version__} {QUANT_SETTINGS}".encode())
     for ir, vis in pairs:
         digest.update(ir.read_bytes())
         digest.update(vis.read_bytes())
