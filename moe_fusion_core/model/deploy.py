@@ -294,9 +294,10 @@ class DeployFusion(nn.Module):
         # Encoders narrower than 16 channels: an exported graph runs them as interleaved groups=1 convs
         # (interleaved_conv) and keeps their outputs in the order [a_v, a_i, b_v, b_i, …], so that no activation
         # is sliced apart and re-concatenated; x_f's consumers (MoGE's gate and first expert layer) read that
-        # order through a channel permutation of their weights (set up below).
+        # order through a channel permutation of their weights (set up below). Only where those consumers are
+        # MoLE's and MoGE's (the method's layout).
         self.flat_encoders: nn.ModuleDict | None = None
-        if self.channels < 16:
+        if self.channels < 16 and self.local_mode == "mole" and hasattr(fh, "moge"):
             e = self.encoders
             self.flat_encoders = nn.ModuleDict({
                 "conv1": interleaved_conv(e.conv1, 1), "dense1": interleaved_conv(e.dense1, 1),
@@ -438,8 +439,7 @@ class DeployFusion(nn.Module):
             att = self.att(a[:, :1], a[:, 1:], size)
         else:
             att = ir.new_full((ir.shape[0], 1, *size), self.cfg.fixed_att)
-        flat = (bool(self.export) and self.flat_encoders is not None and self.local_mode == "mole"
-                and hasattr(self, "moge"))
+        flat = bool(self.export) and self.flat_encoders is not None
         if flat:
             enc, dense = self._encode_flat(vis, ir)
             parts = [dense]
