@@ -35,7 +35,8 @@ setup(
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "training", "docs"]),
     package_data={"moe_fusion_core": ["default_model/*.safetensors", "default_model/*.yaml",  # the embedded
-                                      "fast_model/*.safetensors", "fast_model/*.yaml"]},  # models (embedded.py)
+                                      "fast_model/*.safetensors", "fast_model/*.yaml",  # models (embedded.py)
+                                      "autoreg_model/*.safetensors"]},  # registration maps (autoreg_net.py)
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         (os.path.join("share", package_name), ["package.xml"]),

@@ -9,7 +9,9 @@ Splits (by dataset / stem, fixed): ``tune`` = msrs (16), roadscene stems 0–19,
 msrs_more (41), m3svd test-video frames (``*_v*``), llvip_more (4), roadscene stems from 157 on. Thresholds in
 autoreg.py were chosen on ``tune`` only.
 
-Usage: ``python benchmarks/bench_autoreg.py --split test [--data ../shared/data] [--json out.json]``.
+Usage: ``python benchmarks/bench_autoreg.py --split test [--data ../shared/data] [--json out.json]
+[--maps hybrid|learned|gradient] [--weights W.safetensors]``; ``--unwarped``: each pair estimated as registered
+(the identity as truth; how far a dataset's own registration is from its images' structure).
 Prints a Markdown table: per light (day / night) and mode (1 frame / 5 frames): trials, mean corner error of the
 accepted estimates (px), share within 4 px (of all trials), refused, confidently wrong (> 10 px), median seconds.
 """
@@ -31,7 +33,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from moe_fusion_core import autoreg  # noqa: E402
+from moe_fusion_core import autoreg, autoreg_net  # noqa: E402
 from moe_fusion_core.image_io import read_ir, read_vis  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +121,23 @@ def run(data: Path, name: str, seed: int) -> list[dict]:
     return recs
 
 
+def unwarped(data: Path, name: str) -> None:
+    """Each single pair of the split estimated as registered (truth: the identity): how far the dataset's own
+    registration is from what the images' structure says. Prints the corner errors per dataset."""
+    singles, _ = split(data, name)
+    errs: dict[str, list[float]] = defaultdict(list)
+    for ds, stem, _light in singles:
+        ir, vis = load(data, ds, stem)
+        est = autoreg.estimate_pair(ir, vis)
+        if est.h is not None:
+            errs[ds].append(autoreg.corner_error(est.h, np.eye(3), (ir.shape[1], ir.shape[0])))
+        print(f"{ds} {stem}: {errs[ds][-1] if est.h is not None else None} {est.summary()}", flush=True)
+    for ds, e in errs.items():
+        e = sorted(e)
+        print(f"| {ds} | {len(e)} | {sum(x <= 4 for x in e)} | {statistics.median(e):.1f} | "
+              + ", ".join(f"{x:.1f}" for x in e) + " |")
+
+
 def table(recs: list[dict]) -> str:
     lines = ["| mode | light | trials | mean error of accepted (px) | within 4 px | refused "
              "| confidently wrong (>10 px) | median CPU s | median wall s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -159,8 +178,20 @@ def main() -> None:
     p.add_argument("--split", choices=("tune", "test"), default="test")
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--json", type=Path, default=None, help="write the per-trial records here")
+    p.add_argument("--maps", choices=("learned", "hybrid", "gradient"), default=autoreg.MAPS,
+                   help="what is matched (autoreg.MAPS): the learned structure maps or the gradient ones")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="learned-map weights to evaluate instead of the shipped ones (a training run's output)")
+    p.add_argument("--unwarped", action="store_true",
+                   help="estimate each single pair as registered instead (truth: identity) and print the errors")
     a = p.parse_args()
+    autoreg.MAPS = a.maps
+    if a.weights is not None:
+        autoreg_net.WEIGHTS = a.weights
     cv2.setNumThreads(1)
+    if a.unwarped:
+        unwarped(a.data, a.split)
+        return
     recs = run(a.data, a.split, a.seed)
     if a.json:
         a.json.write_text(json.dumps(recs, indent=1))

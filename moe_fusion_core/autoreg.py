@@ -1,13 +1,16 @@
 """Automatic thermal → RGB registration from image content (``moe-fusion register --auto``, ``registration.auto``).
 
 Thermal and visible images of one scene share little intensity but much *structure*: object outlines, road
-edges, poles. Both images become structure maps (gradient magnitude, normalised by its local mean so that a faint
-edge in a dark region counts as much as a bright one); then
+edges, poles. Both images become single-channel matching maps: learned ones (:mod:`moe_fusion_core.autoreg_net`,
+one small network per modality trained so that the two maps correlate where the images are aligned) and
+gradient ones (:func:`structure_map`: gradient magnitude normalised by its local mean, so that a faint edge in a
+dark region counts as much as a bright one). ``MAPS`` chooses; by default ("hybrid") the learned maps find the
+basin and the gradient maps, sharper, give the last level's precision and the confidence. Then
 
 1. **coarse search** over the similarity group at a small working size: for each rotation and scale on a grid,
    the warped thermal map's centre is matched against the RGB map over all shifts (``cv2.matchTemplate``,
    normalised cross-correlation); the best few well-separated peaks are kept;
-2. **refinement** of each peak with ``cv2.findTransformECC`` on the structure maps, coarse to fine: affine
+2. **refinement** of each peak with ``cv2.findTransformECC`` on the maps, coarse to fine: affine
    (``MOTION_AFFINE``) at every level, then a homography from it at the finest level;
 3. **confidence**: the final ECC correlation, and whether another start converged elsewhere with nearly the
    same correlation (ambiguous). The estimate is refused with a reason when the RGB image is too dark or too
@@ -33,6 +36,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from moe_fusion_core import autoreg_net
+
 COARSE_SIDE = 160  # px, longer side of the coarse search
 FINE_SIDES = (160, 320, 640)  # ECC refinement levels (capped at the RGB size)
 ROTATIONS_DEG = np.arange(-7.0, 7.01, 1.0)
@@ -45,6 +50,10 @@ ECC_ITERS = (60, 30)  # ECC iterations at the first level, at the others
 ECC_GAUSS = 1  # ECC's own Gaussian pre-filter (1: none)
 STRUCTURE_SIGMA = 0.7  # px, smoothing before the gradient (1.0 until 2026-12-05; see docs/registration.md)
 REFINE_MOTION = cv2.MOTION_AFFINE  # ECC motion of the levels before the last one's homography
+# what is matched: "hybrid" (learned maps, autoreg_net, for the coarse search and every ECC level but the last,
+# gradient maps at the last level; since 2026-12-05 late), "learned" (learned maps throughout) or "gradient"
+# (structure_map throughout, the method before); see docs/registration.md
+MAPS = "hybrid"
 AGREE_PX = 0.01  # of the RGB diagonal: estimates whose corners agree this well are one solution (≈ 8 px at 640)
 
 # refusal thresholds (tuned on the tuning split, see docs/registration.md)
@@ -89,9 +98,20 @@ def _frames(img: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     return [img] if isinstance(img, np.ndarray) else list(img)
 
 
-def mean_structure_map(imgs: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """The mean of several frames' structure maps (frames of one rig share one warp)."""
-    return np.mean([structure_map(i, size) for i in imgs], axis=0).astype(np.float32)
+def matching_map(img: np.ndarray, size: tuple[int, int], modality: str, final: bool = False) -> np.ndarray:
+    """The map that the search and ECC match: the learned structure map of ``modality`` (``MAPS == "learned"``,
+    :mod:`moe_fusion_core.autoreg_net`; ``"hybrid"``: except at the final level) or the gradient one
+    (:func:`structure_map`)."""
+    if MAPS == "learned" or (MAPS == "hybrid" and not final):
+        g = cv2.resize(_gray(img), size, interpolation=cv2.INTER_AREA)
+        return autoreg_net.learned_map(g, modality)
+    return structure_map(img, size)
+
+
+def mean_matching_map(imgs: Sequence[np.ndarray], size: tuple[int, int], modality: str,
+                      final: bool = False) -> np.ndarray:
+    """The mean of several frames' matching maps (frames of one rig share one warp)."""
+    return np.mean([matching_map(i, size, modality, final) for i in imgs], axis=0).astype(np.float32)
 
 
 def structure_map(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -216,8 +236,24 @@ def _thermal_size(thermal_shape: tuple[int, int], rgb_width: int) -> tuple[int, 
     return max(8, round(th_w * g)), max(8, round(th_h * g))
 
 
+class _LevelMaps:
+    """The thermal and RGB matching maps of one rig at each refinement level, computed once for all starts."""
+
+    def __init__(self, thermal: Sequence[np.ndarray], rgb: Sequence[np.ndarray]) -> None:
+        self.thermal, self.rgb = list(thermal), list(rgb)
+        self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, th_size: tuple[int, int], size: tuple[int, int],
+            final: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        key = (th_size, size, final)
+        if key not in self._cache:
+            self._cache[key] = (mean_matching_map(self.thermal, th_size, "thermal", final),
+                                mean_matching_map(self.rgb, size, "rgb", final))
+        return self._cache[key]
+
+
 def _refine(thermal: np.ndarray | Sequence[np.ndarray], rgb: np.ndarray | Sequence[np.ndarray],
-            h_full: np.ndarray) -> tuple[float, np.ndarray, dict] | None:
+            h_full: np.ndarray, maps: _LevelMaps | None = None) -> tuple[float, np.ndarray, dict] | None:
     """ECC coarse to fine from ``h_full`` (thermal → RGB, full resolution): (correlation, H, details) of the last
     level, or None when the first level diverges.
 
@@ -225,6 +261,7 @@ def _refine(thermal: np.ndarray | Sequence[np.ndarray], rgb: np.ndarray | Sequen
     coarse, noisy cross-modal maps drifts), then at the last level a homography from the affine result (the affine
     one is kept when it diverges). Several frames of one rig share one warp: their structure maps are averaged."""
     ths, rgbs = _frames(thermal), _frames(rgb)
+    maps = maps if maps is not None else _LevelMaps(ths, rgbs)
     th_h, th_w = ths[0].shape[:2]
     rh, rw = rgbs[0].shape[:2]
     out = None
@@ -235,7 +272,7 @@ def _refine(thermal: np.ndarray | Sequence[np.ndarray], rgb: np.ndarray | Sequen
         to_level = scale_h(size[0] / rw, size[1] / rh)
         from_th = scale_h(th_w / th_size[0], th_h / th_size[1])
         h_level = to_level @ h_full @ from_th
-        th_map, rgb_map = mean_structure_map(ths, th_size), mean_structure_map(rgbs, size)
+        th_map, rgb_map = maps.get(th_size, size, final=i == len(sides) - 1)
         iters = ECC_ITERS[0] if i == 0 else ECC_ITERS[1]
         r = _ecc(th_map, rgb_map, h_level, iters, REFINE_MOTION)
         if r is None:
@@ -290,18 +327,18 @@ def estimate_joint(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Estimate:
     _, size = _level_size((rh, rw), COARSE_SIDE)
     th_size = _thermal_size((th_h, th_w), size[0])
     base = scale_h(size[0] / th_size[0], size[1] / th_size[1])  # plain resize, map px
-    rgb_maps = [structure_map(r, size) for r in rgbs]
-    th_map, rgb_map = mean_structure_map(ths, th_size), np.mean(rgb_maps, axis=0).astype(np.float32)
-    structure = float(np.mean([(m > 1.5).mean() for m in rgb_maps]))
+    structure = float(np.mean([(structure_map(r, size) > 1.5).mean() for r in rgbs]))
     if structure < MIN_STRUCTURE:
         return Estimate(None, 0.0, False, f"the RGB image has too little structure ({structure:.1%} edge pixels)",
                         {"usable": False}, time.perf_counter() - t0)
     to_full = scale_h(rw / size[0], rh / size[1])
     from_th = scale_h(th_size[0] / th_w, th_size[1] / th_h)
+    maps = _LevelMaps(ths, rgbs)
+    th_map, rgb_map = maps.get(th_size, size)
     sols: list[tuple[float, np.ndarray, float, dict]] = []
     for score, h_map in _coarse_candidates(th_map, rgb_map, base):
         h0 = to_full @ h_map @ from_th
-        r = _refine(ths, rgbs, h0 / h0[2, 2])
+        r = _refine(ths, rgbs, h0 / h0[2, 2], maps)
         if r is not None:
             sols.append((r[0], r[1], score, r[2]))
     if not sols:
