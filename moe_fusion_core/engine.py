@@ -135,7 +135,7 @@ class FusionEngine:
         self.thermal_normalizer = thermal_normalizer
         self.model = None
         self.deploy = None
-        self.quantization: str | None = None  # e.g. 'int8-qdq-per-channel' for a quantized ONNX graph
+        self.quantization: str | None = None  # e.g. 'int8-qdq-per-channel-w7-fp32tail' for a quantized ONNX graph
         self._sessions: dict[bool, object] = {}
         self._graphs: dict[tuple, tuple] = {}
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda" and deploy and not compile

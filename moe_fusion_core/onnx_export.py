@@ -14,7 +14,7 @@ Graph contract (opset 17):
   runtime applies it on the host.
 - the model's config is stored in the ONNX metadata (``moe_fusion_config``, JSON), so a runtime needs no
   checkpoint beside the file. An INT8 graph (:func:`quantize_onnx`) has the same contract and also
-  ``moe_fusion_quantization`` (e.g. ``int8-qdq``).
+  ``moe_fusion_quantization`` (e.g. ``int8-qdq-per-channel-w7-fp32tail``, :func:`quant_label`).
 
 The TorchScript-based exporter is used: torchvision's RPN and RoI heads (proposal filtering, NMS) export through
 it, not through ``torch.export`` (their box counts are data-dependent). ``dynamic=True`` leaves height and width
@@ -161,7 +161,22 @@ def calibration_feeds(graph: Path, pairs: Sequence[tuple[Path, Path]], size: tup
     return feeds
 
 
-QUANT_SETTINGS = "qdq u8 activations, s8 symmetric weights in 7 bits, fp32 output tail"  # in cached graphs' names
+def quant_options(per_channel: bool = True) -> dict[str, Any]:
+    """The ``quantize_static`` arguments of :func:`quantize_onnx` but the calibration reader and the excluded
+    nodes (:func:`output_tail`); :func:`cached_quantized` hashes them, so a change here re-quantizes cached graphs."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    return {"quant_format": QuantFormat.QDQ, "per_channel": per_channel, "reduce_range": True,
+            "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+            "extra_options": {"WeightSymmetric": True, "ActivationSymmetric": False}}
+
+
+def quant_label(per_channel: bool = True) -> str:
+    """The ``moe_fusion_quantization`` metadata of a graph from :func:`quantize_onnx`: 8-bit QDQ, 7-bit weights
+    (``w7``), the fused image's tail in fp32. Graphs quantized before the 7-bit weights say
+    ``int8-qdq[-per-channel]``."""
+    return f"int8-qdq{'-per-channel' if per_channel else ''}-w7-fp32tail"
+
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
@@ -194,7 +209,7 @@ def quantize_onnx(graph: Path, out: Path, feeds: Sequence[dict[str, Any]], per_c
     off by 5–11 grey levels on average, with stripes at the borders; with 7-bit weights ≤ 1.3 on four of the five
     sample pairs, docs/benchmarks.md, INT8). The fused image's last element-wise steps stay fp32
     (:func:`output_tail`). The config metadata is kept and ``moe_fusion_quantization`` added."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -205,11 +220,9 @@ def quantize_onnx(graph: Path, out: Path, feeds: Sequence[dict[str, Any]], per_c
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        quantize_static(str(graph), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        reduce_range=True, nodes_to_exclude=output_tail(graph),
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-        _set_metadata(tmp, {QUANT_KEY: f"int8-qdq{'-per-channel' if per_channel else ''}"})
+        quantize_static(str(graph), str(tmp), Reader(), nodes_to_exclude=output_tail(graph),
+                        **quant_options(per_channel))
+        _set_metadata(tmp, {QUANT_KEY: quant_label(per_channel)})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -222,7 +235,8 @@ def cached_quantized(graph: Path, pairs: Sequence[tuple[Path, Path]], size: tupl
     order, the size and the onnxruntime version, so other calibration data quantizes again."""
     import onnxruntime
 
-    digest = hashlib.sha256(f"{size} {onnxruntime.__version__} {QUANT_SETTINGS}".encode())
+    settings = f"{sorted(quant_options().items())} {quant_label()}"
+    digest = hashlib.sha256(f"{size} {onnxruntime.__version__} {settings}".encode())
     for ir, vis in pairs:
         digest.update(ir.read_bytes())
         digest.update(vis.read_bytes())

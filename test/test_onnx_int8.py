@@ -49,7 +49,7 @@ def test_int8_graph_is_quantized_and_says_so(int8_graph):
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert meta["moe_fusion_quantization"] == "int8-qdq-per-channel" and "moe_fusion_config" in meta
+    assert meta["moe_fusion_quantization"] == "int8-qdq-per-channel-w7-fp32tail" and "moe_fusion_config" in meta
     assert [i.name for i in proto.graph.input] == ["ir", "vis"]
     assert not list(int8_graph.parent.glob(".*")), "the temporary fp32 graph is removed"
 
@@ -88,7 +88,7 @@ def test_int8_graph_runs_in_the_engine_close_to_the_float_model(int8_graph, samp
     by 1.3 (99th percentile 3, correlation 0.9999; with 7-bit weights on an AVX2 CPU without VNNI 0.8, 99th
     percentile 3). The bounds leave about 2.5× that for other CPUs' int8 kernels, but not a different picture."""
     eng = FusionEngine(int8_graph, device="cpu", backend="onnxruntime")
-    assert eng.quantization == "int8-qdq-per-channel" and eng.path == "onnxruntime" and not eng.detections
+    assert eng.quantization == "int8-qdq-per-channel-w7-fp32tail" and eng.path == "onnxruntime" and not eng.detections
     ir, vis = _held_out_pair(sample_dir)
     got = eng.fuse(ir, vis).fused
     want = reference_engine().fuse(ir, vis, detections=False).fused
@@ -108,7 +108,7 @@ def test_fuse_runs_an_onnx_checkpoint_on_onnxruntime(int8_graph, sample_dir, tmp
                  str(tmp_path / "vis"), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["backend"], summary["quantization"], summary["fused"]) == ("onnxruntime",
-                                                                               "int8-qdq-per-channel", 1)
+                                                                               "int8-qdq-per-channel-w7-fp32tail", 1)
     with pytest.raises(ValueError, match="run it with backend 'onnxruntime'"):
         FusionEngine(int8_graph, device="cpu")
 
