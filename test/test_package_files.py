@@ -153,3 +153,14 @@ def test_every_embedded_model_is_installed_as_package_data(setup_kwargs):
             assert (folder / f).is_file(), f"embedded model {name!r}: {folder / f} is missing"
             rel = (folder / f).relative_to(REPO / "moe_fusion_core").as_posix()
             assert any(fnmatch(rel, g) for g in globs), f"embedded model {name!r}: {rel} is not package data"
+
+
+def test_the_registration_maps_weights_are_installed_as_package_data(setup_kwargs):
+    """``register --auto`` and ``registration.auto`` load ``autoreg_net.WEIGHTS`` from the installed package."""
+    from fnmatch import fnmatch
+
+    from moe_fusion_core import autoreg_net
+
+    assert autoreg_net.WEIGHTS.is_file()
+    rel = autoreg_net.WEIGHTS.relative_to(REPO / "moe_fusion_core").as_posix()
+    assert any(fnmatch(rel, g) for g in setup_kwargs["package_data"]["moe_fusion_core"]), rel
