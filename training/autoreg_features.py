@@ -172,7 +172,7 @@ def main() -> None:
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         step = int(st["step"])
-        rng = np.random.default_rng([a.seed, step])
+        rng.bit_generator.state = st["rng"]  # the same crops as an uninterrupted run
         print(f"resumed at step {step}", flush=True)
     pairs = training_pairs(a.data, a.max_pairs)
     t0, hist = time.time(), []
@@ -193,7 +193,7 @@ def main() -> None:
             print(f"step {step} loss {ls:.3f} aligned-first {ac:.2f} ({time.time() - t0:.0f} s)", flush=True)
         if step % a.checkpoint_every == 0 or step == a.steps:
             _atomic_torch_save({"model": nets.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                "step": step}, state_file)
+                                "step": step, "rng": rng.bit_generator.state}, state_file)
     weights = {k: v.detach().half().contiguous() for k, v in nets.state_dict().items()}
     tmp = a.out / "model.safetensors.tmp"
     save_file(weights, str(tmp), metadata={"steps": str(step), "recipe": "training/autoreg_features.py"})
