@@ -177,6 +177,7 @@ def quant_label(per_channel: bool = True) -> str:
     ``int8-qdq[-per-channel]``."""
     return f"int8-qdq{'-per-channel' if per_channel else ''}-w7-fp32tail"
 
+
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
