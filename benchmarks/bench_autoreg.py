@@ -34,20 +34,15 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from moe_fusion_core import autoreg, autoreg_net  # noqa: E402
-from moe_fusion_core.image_io import read_ir, read_vis  # noqa: E402
+from moe_fusion_core.image_io import dataset_meta, read_dataset_pair  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 THERMAL_SCALES = (1.0, 0.625)
 
 
 def stems(data: Path, ds: str) -> list[tuple[str, str]]:
-    """(stem, light) of a dataset from its meta.csv (light: day / night; m3svd/unknown by the stem's tag)."""
-    rows = (data / ds / "meta.csv").read_text().splitlines()[1:]
-    out = []
-    for r in rows:
-        f = r.split(",")
-        out.append((f[0], "night" if f[3] == "night" else "day"))
-    return out
+    """(stem, light) of a dataset from its meta.csv (light: day / night; anything else counts as day)."""
+    return [(r["stem"], "night" if r["light"] == "night" else "day") for r in dataset_meta(data / ds)]
 
 
 def split(data: Path, name: str) -> tuple[list[tuple[str, str, str]], list[tuple[str, list[str], str]]]:
@@ -82,11 +77,6 @@ def split(data: Path, name: str) -> tuple[list[tuple[str, str, str]], list[tuple
     return singles, seqs
 
 
-def load(data: Path, ds: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
-    vis = next(p for p in (data / ds / "vis").iterdir() if p.stem == stem)
-    return read_ir(data / ds / "ir" / f"{stem}.png"), read_vis(vis)
-
-
 def record(est: autoreg.Estimate, h_gt: np.ndarray, th_size: tuple[int, int], **kw: object) -> dict:
     err = autoreg.corner_error(est.h, h_gt, th_size) if est.h is not None else None
     return {**kw, "ok": est.ok, "err": err, "conf": est.confidence, "reason": est.reason, "s": est.seconds,
@@ -99,7 +89,7 @@ def run(data: Path, name: str, seed: int) -> list[dict]:
     recs = []
     for i, (ds, stem, light) in enumerate(singles):
         ts = THERMAL_SCALES[i % 2]
-        th, rgb, h_gt = autoreg.simulate_rig(*load(data, ds, stem), rng, ts)
+        th, rgb, h_gt = autoreg.simulate_rig(*read_dataset_pair(data / ds, stem), rng, ts)
         cpu = time.process_time()
         est = autoreg.estimate_pair(th, rgb)
         recs.append(record(est, h_gt, (th.shape[1], th.shape[0]), mode="1 frame", light=light, ds=ds,
@@ -111,7 +101,7 @@ def run(data: Path, name: str, seed: int) -> list[dict]:
         pairs, h_gt = [], None
         for stem in group:
             rng.bit_generator.state = state  # one homography for the whole sequence
-            th, rgb, h_gt = autoreg.simulate_rig(*load(data, ds, stem), rng, ts)
+            th, rgb, h_gt = autoreg.simulate_rig(*read_dataset_pair(data / ds, stem), rng, ts)
             pairs.append((th, rgb))
         cpu = time.process_time()
         est, _ = autoreg.estimate_multi(pairs)
@@ -127,7 +117,7 @@ def unwarped(data: Path, name: str) -> None:
     singles, _ = split(data, name)
     errs: dict[str, list[float]] = defaultdict(list)
     for ds, stem, _light in singles:
-        ir, vis = load(data, ds, stem)
+        ir, vis = read_dataset_pair(data / ds, stem)
         est = autoreg.estimate_pair(ir, vis)
         if est.h is not None:
             errs[ds].append(autoreg.corner_error(est.h, np.eye(3), (ir.shape[1], ir.shape[0])))
@@ -161,7 +151,7 @@ def table(recs: list[dict]) -> str:
 
 def time_640(data: Path, repeat: int = 3) -> tuple[float, float]:
     """Median (CPU, wall) seconds of one estimate on a 640×480 RGB frame (a full msrs pair, no crop)."""
-    ir, vis = load(data, "msrs", "00055D")
+    ir, vis = read_dataset_pair(data / "msrs", "00055D")
     th, rgb, _ = autoreg.simulate_rig(ir, vis, np.random.default_rng(0), 1.0, margin=0.0)
     assert rgb.shape[:2] == (480, 640)
     cpu, wall = [], []

@@ -102,10 +102,15 @@ def matching_map(img: np.ndarray, size: tuple[int, int], modality: str, final: b
     """The map that the search and ECC match: the learned structure map of ``modality`` (``MAPS == "learned"``,
     :mod:`moe_fusion_core.autoreg_net`; ``"hybrid"``: except at the final level) or the gradient one
     (:func:`structure_map`)."""
-    if MAPS == "learned" or (MAPS == "hybrid" and not final):
+    if not _gradient_level(final):
         g = cv2.resize(_gray(img), size, interpolation=cv2.INTER_AREA)
         return autoreg_net.learned_map(g, modality)
     return structure_map(img, size)
+
+
+def _gradient_level(final: bool) -> bool:
+    """Whether a level matches the gradient structure maps (else the learned ones), by ``MAPS``."""
+    return MAPS == "gradient" or (MAPS == "hybrid" and final)
 
 
 def mean_matching_map(imgs: Sequence[np.ndarray], size: tuple[int, int], modality: str,
@@ -242,13 +247,21 @@ class _LevelMaps:
     def __init__(self, thermal: Sequence[np.ndarray], rgb: Sequence[np.ndarray]) -> None:
         self.thermal, self.rgb = list(thermal), list(rgb)
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._rgb_structure: dict[tuple[int, int], list[np.ndarray]] = {}
+
+    def rgb_structure(self, size: tuple[int, int]) -> list[np.ndarray]:
+        """Each RGB frame's gradient structure map at ``size`` (shared by the structure check and gradient levels)."""
+        if size not in self._rgb_structure:
+            self._rgb_structure[size] = [structure_map(r, size) for r in self.rgb]
+        return self._rgb_structure[size]
 
     def get(self, th_size: tuple[int, int], size: tuple[int, int],
             final: bool = False) -> tuple[np.ndarray, np.ndarray]:
         key = (th_size, size, final)
         if key not in self._cache:
-            self._cache[key] = (mean_matching_map(self.thermal, th_size, "thermal", final),
-                                mean_matching_map(self.rgb, size, "rgb", final))
+            rgb = (np.mean(self.rgb_structure(size), axis=0).astype(np.float32) if _gradient_level(final)
+                   else mean_matching_map(self.rgb, size, "rgb", final))
+            self._cache[key] = (mean_matching_map(self.thermal, th_size, "thermal", final), rgb)
         return self._cache[key]
 
 
@@ -327,13 +340,13 @@ def estimate_joint(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Estimate:
     _, size = _level_size((rh, rw), COARSE_SIDE)
     th_size = _thermal_size((th_h, th_w), size[0])
     base = scale_h(size[0] / th_size[0], size[1] / th_size[1])  # plain resize, map px
-    structure = float(np.mean([(structure_map(r, size) > 1.5).mean() for r in rgbs]))
+    maps = _LevelMaps(ths, rgbs)
+    structure = float(np.mean([(m > 1.5).mean() for m in maps.rgb_structure(size)]))
     if structure < MIN_STRUCTURE:
         return Estimate(None, 0.0, False, f"the RGB image has too little structure ({structure:.1%} edge pixels)",
                         {"usable": False}, time.perf_counter() - t0)
     to_full = scale_h(rw / size[0], rh / size[1])
     from_th = scale_h(th_size[0] / th_w, th_size[1] / th_h)
-    maps = _LevelMaps(ths, rgbs)
     th_map, rgb_map = maps.get(th_size, size)
     sols: list[tuple[float, np.ndarray, float, dict]] = []
     for score, h_map in _coarse_candidates(th_map, rgb_map, base):

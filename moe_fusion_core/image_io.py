@@ -6,6 +6,8 @@ images keep their bit depth (``uint8`` or ``uint16``); luminance uses OpenCV's B
 
 from __future__ import annotations
 
+import csv
+import glob
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,3 +143,21 @@ def pair_by_stem(folders: Iterable[str | Path], labels: Iterable[str] | None = N
         if missing:
             listing.unpaired[name] = missing
     return listing
+
+
+def dataset_meta(root: str | Path) -> list[dict[str, str]]:
+    """The rows of a dataset folder's ``meta.csv`` (the shared data layout: ``stem``, ``light``, …), in file order."""
+    meta = Path(root) / "meta.csv"
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta}: no meta.csv (expected the layout ir/, vis/, meta.csv)")
+    with open(meta, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_dataset_pair(root: str | Path, stem: str) -> tuple[np.ndarray, np.ndarray]:
+    """(thermal, visible) of one pair of a dataset folder in the shared layout: ``ir/STEM.png``, ``vis/STEM.*``."""
+    root = Path(root)
+    vis = [p for p in (root / "vis").glob(f"{glob.escape(stem)}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(vis) != 1:
+        raise FileNotFoundError(f"{root / 'vis'}: {len(vis)} images with the stem {stem!r} (expected one)")
+    return read_ir(root / "ir" / f"{stem}.png"), read_vis(vis[0])

@@ -24,7 +24,7 @@ from moe_fusion_core.data import (
 from moe_fusion_core.data.dataset import class_balanced_repeats
 from moe_fusion_core.data.split import assign_sequences, guard_frames, read_split_file, split_by_file
 from moe_fusion_core.data.transforms import exposure, hflip, random_crop, resize_pair
-from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
+from moe_fusion_core.image_io import dataset_meta, read_dataset_pair, read_ir, read_vis, rgb_to_luma
 
 
 def voc_xml(objects: list[tuple[str, int, int, int, int, int]], w: int = 640, h: int = 480) -> str:
@@ -426,3 +426,17 @@ def test_collate_refuses_mixed_sizes_with_a_hint(data_dir):
     batch = collate_pairs([ds[0], ds[1]])
     assert batch["ir"].shape == (2, 1, 64, 96) and batch["vis_rgb"].shape == (2, 3, 64, 96)
     assert read_ir(recs[0].ir).dtype == np.uint8
+
+
+def test_dataset_folder_rows_and_pairs_are_read_by_stem(sample_dir, tmp_path):
+    """The shared layout's meta.csv rows (quoted commas kept) and a pair found by stem, whatever the visible suffix."""
+    rows = dataset_meta(sample_dir / "pairs")
+    assert {r["stem"] for r in rows} == {p.stem for p in (sample_dir / "pairs" / "ir").iterdir()}
+    assert all(r["light"] in ("day", "night") for r in rows)
+    assert any("," in r["note"] for r in rows)  # a quoted field with a comma stays one field
+    ir, vis = read_dataset_pair(sample_dir / "pairs", rows[0]["stem"])
+    assert ir.ndim == 2 and vis.shape == (*ir.shape, 3)
+    with pytest.raises(FileNotFoundError, match="no_such_stem"):
+        read_dataset_pair(sample_dir / "pairs", "no_such_stem")
+    with pytest.raises(FileNotFoundError, match=r"meta\.csv"):
+        dataset_meta(tmp_path)
