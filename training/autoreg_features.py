@@ -3,7 +3,8 @@
 Registered real pairs that the registration benchmark does not use (``benchmarks/bench_autoreg.py``: its tune and
 test splits are held out) teach two small branches, one per modality, to make maps whose normalised correlation
 peaks at the true alignment: for each random crop pair the aligned correlation must beat the same crops shifted
-by 2–12 px in 8 directions and the other pairs of the batch (softmax cross-entropy over the correlations).
+by 2–12 px in 8 directions (``--radii``) and the other pairs of the batch (softmax cross-entropy over the
+correlations).
 
 Training pairs: roadscene stems 20–156 (the benchmark uses 0–19 and 157+), tno, tno_more, llvip_det, m3fd, and
 msrs_det_more with each pair's own misregistration (2–5 px, docs/registration.md) removed first by a translation
@@ -21,7 +22,6 @@ steps and read back with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 from pathlib import Path
@@ -34,21 +34,17 @@ from safetensors.torch import save_file
 
 from moe_fusion_core import autoreg
 from moe_fusion_core.autoreg_net import StructureNets, branch_input
-from moe_fusion_core.image_io import read_ir, read_vis
+from moe_fusion_core.image_io import dataset_meta, read_dataset_pair
 
 SHIFT_RADII = (2, 3, 5, 8, 12)
-SHIFTS = [(dx * r, dy * r) for r in SHIFT_RADII for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
-MARGIN = max(SHIFT_RADII)
+MARGIN = 12  # crop border that every shift stays inside
 
 
-def _stems(data: Path, ds: str) -> list[str]:
-    with open(data / ds / "meta.csv") as f:
-        return [r["stem"] for r in csv.DictReader(f)]
-
-
-def _load(data: Path, ds: str, stem: str) -> tuple[np.ndarray, np.ndarray]:
-    vis = next(p for p in (data / ds / "vis").iterdir() if p.stem == stem)
-    return autoreg._gray(read_ir(data / ds / "ir" / f"{stem}.png")), autoreg._gray(read_vis(vis))
+def shifts(radii: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The negative shifts: each radius in the 8 directions."""
+    if max(radii) > MARGIN or min(radii) < 1:
+        raise ValueError(f"shift radii must lie in 1..{MARGIN}, got {radii}")
+    return [(dx * r, dy * r) for r in radii for dx in (-1, 0, 1) for dy in (-1, 0, 1) if (dx, dy) != (0, 0)]
 
 
 def _msrs_offset(ir: np.ndarray, vis: np.ndarray) -> np.ndarray | None:
@@ -66,13 +62,13 @@ def _msrs_offset(ir: np.ndarray, vis: np.ndarray) -> np.ndarray | None:
 
 def training_pairs(data: Path, max_per_dataset: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(thermal grey, visible grey) uint8 pairs, registered, none of the registration benchmark's."""
-    picks = [("roadscene", s) for s in _stems(data, "roadscene")[20:157][:max_per_dataset]]
+    picks = [("roadscene", s) for s in [r["stem"] for r in dataset_meta(data / "roadscene")][20:157][:max_per_dataset]]
     for ds in ("tno", "tno_more", "llvip_det", "m3fd", "msrs_det_more"):
         if (data / ds).is_dir():
-            picks += [(ds, s) for s in _stems(data, ds)[:max_per_dataset]]
+            picks += [(ds, s) for s in [r["stem"] for r in dataset_meta(data / ds)][:max_per_dataset]]
     pairs, dropped = [], 0
     for ds, stem in picks:
-        ir, vis = _load(data, ds, stem)
+        ir, vis = (autoreg._gray(x) for x in read_dataset_pair(data / ds, stem))
         if vis.shape != ir.shape:
             vis = cv2.resize(vis, (ir.shape[1], ir.shape[0]), interpolation=cv2.INTER_AREA)
         if ds.startswith("msrs"):
@@ -119,14 +115,15 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=1, keepdim=True) + 1e-6)
 
 
-def contrastive_loss(ft: torch.Tensor, fv: torch.Tensor, tau: float) -> tuple[torch.Tensor, float]:
+def contrastive_loss(ft: torch.Tensor, fv: torch.Tensor, tau: float, radii: tuple[int, ...] = SHIFT_RADII
+                     ) -> tuple[torch.Tensor, float]:
     """Cross-entropy of the aligned correlation against shifted and cross-pair ones; (loss, share ranked first)."""
     m = MARGIN
     inner = ft.shape[-1] - 2 * m
     v = _unit(fv[..., m:m + inner, m:m + inner])
     t0 = _unit(ft[..., m:m + inner, m:m + inner])
     cols = [(t0 * v).sum(1, keepdim=True)]
-    for dx, dy in SHIFTS:
+    for dx, dy in shifts(radii):
         ts = _unit(ft[..., m + dy:m + dy + inner, m + dx:m + dx + inner])
         cols.append((ts * v).sum(1, keepdim=True))
     cross = t0 @ v.T
@@ -154,10 +151,14 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=0.07)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--seed", type=int, default=21)
+    p.add_argument("--radii", default=",".join(map(str, SHIFT_RADII)),
+                   help="negative shifts in px (each in 8 directions), comma-separated")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     p.add_argument("--max-pairs", type=int, default=None, help="at most this many pairs per dataset (smoke runs)")
     a = p.parse_args()
+    radii = tuple(int(r) for r in a.radii.split(","))
+    shifts(radii)  # fail before loading data
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +181,7 @@ def main() -> None:
         batch = [sample(pairs, rng, a.crop) for _ in range(a.batch)]
         xt = torch.from_numpy(np.stack([b[0] for b in batch]))
         xv = torch.from_numpy(np.stack([b[1] for b in batch]))
-        loss, acc = contrastive_loss(nets(xt, "thermal"), nets(xv, "rgb"), a.tau)
+        loss, acc = contrastive_loss(nets(xt, "thermal"), nets(xv, "rgb"), a.tau, radii)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -196,7 +197,8 @@ def main() -> None:
                                 "step": step, "rng": rng.bit_generator.state}, state_file)
     weights = {k: v.detach().half().contiguous() for k, v in nets.state_dict().items()}
     tmp = a.out / "model.safetensors.tmp"
-    save_file(weights, str(tmp), metadata={"steps": str(step), "recipe": "training/autoreg_features.py"})
+    save_file(weights, str(tmp), metadata={"steps": str(step), "radii": a.radii,
+                                                       "recipe": "training/autoreg_features.py"})
     os.replace(tmp, a.out / "model.safetensors")
     print(f"wrote {a.out / 'model.safetensors'}", flush=True)
 
