@@ -28,22 +28,48 @@ _GATE_COLOURS = {"mole_fg": (230, 120, 40), "mole_bg": (60, 150, 220), "moge": (
 _BOX_COLOUR = (255, 64, 0)
 _TEXT_COLOUR = (255, 255, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_LABEL_SCALE = 0.45
 
 
 def draw_detections(rgb: np.ndarray, detections: Iterable[Any], scale: float = 1.0) -> np.ndarray:
     """A copy of ``rgb`` (H×W×3, or H×W grey) with boxes, class names and scores drawn.
 
     ``detections``: objects with ``box`` (x1, y1, x2, y2 in pixels of an image ``1/scale`` times the size of
-    ``rgb``), ``class_name`` and ``score``; a ``track_id`` (when set) is drawn as ``#17``."""
+    ``rgb``), ``class_name`` and ``score``; a ``track_id`` (when set) is drawn as ``#17``. Labels sit on a dark
+    plate above their box and never cover each other (:func:`place_labels`)."""
     img = np.asarray(rgb)
     img = np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img.copy())
-    for d in detections:
-        x1, y1, x2, y2 = (round(v * scale) for v in d.box)
+    dets = sorted(detections, key=lambda d: -float(d.score))
+    boxes = [tuple(round(v * scale) for v in d.box) for d in dets]
+    texts = [f"{d.class_name}{'' if getattr(d, 'track_id', None) is None else f' #{d.track_id}'} {d.score:.2f}"
+             for d in dets]
+    sizes = [cv2.getTextSize(t, _FONT, _LABEL_SCALE, 1)[0] for t in texts]
+    for x1, y1, x2, y2 in boxes:
         cv2.rectangle(img, (x1, y1), (x2, y2), _BOX_COLOUR, 2)
-        tid = getattr(d, "track_id", None)
-        cv2.putText(img, f"{d.class_name}{'' if tid is None else f' #{tid}'} {d.score:.2f}", (x1, max(10, y1 - 4)),
-                    _FONT, 0.45, _TEXT_COLOUR, 1, cv2.LINE_AA)
+    for text, (x, y, w, h) in zip(texts, place_labels(boxes, [(w + 4, h + 6) for w, h in sizes], img.shape[:2])):
+        cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), (0, 0, 0), -1)
+        cv2.putText(img, text, (x + 2, y + h - 4), _FONT, _LABEL_SCALE, _TEXT_COLOUR, 1, cv2.LINE_AA)
     return img
+
+
+def place_labels(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[tuple[int, int]],
+                 shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Label rectangles (x, y, w, h), one per box in the given order (most important first), inside an image of
+    ``shape`` (H, W): above the box where that is free, else the nearest free slot above, inside or below it; a
+    label that finds no free slot keeps the place above its box."""
+    height, width = shape
+    placed: list[tuple[int, int, int, int]] = []
+    for (x1, y1, _x2, y2), (w, h) in zip(boxes, sizes):
+        x = min(max(0, x1), max(0, width - w))
+        tries = [y1 - h - k * h for k in range(4)] + [y1 + 2 + k * h for k in range(3)] + [y2 + 2]
+        rects = [(x, min(max(0, y), max(0, height - h)), w, h) for y in tries]
+        free = [r for r in rects if not any(_overlap(r, o) for o in placed)]
+        placed.append(free[0] if free else rects[0])
+    return placed
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
 
 
 def _as_rgb8(img: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from content import assert_real_picture
 from moe_fusion_core.engine import DEFAULT_MODEL_DIR
 from moe_fusion_core.image_io import read_ir, read_vis, rgb_to_luma
 from moe_fusion_core.metrics.fusion import score_all
-from moe_fusion_core.report import CHART_HEIGHT, PANEL_HEIGHT, contact_sheet
+from moe_fusion_core.report import CHART_HEIGHT, PANEL_HEIGHT, contact_sheet, draw_detections, place_labels
 from moe_fusion_ros.cli import main
 
 BOX = (255, 64, 0)
@@ -61,6 +61,29 @@ def test_contact_sheet_shows_thermal_visible_fused_boxes_and_gate_bars(pair):
     assert fg[0] == pytest.approx(3 * fg[1], abs=3) and fg[2] == fg[3] == 0 and fg[0] > 50
     moge = [_bar_height(chart, round(2 * group) + 10 + round(e * slot + slot / 2), (120, 190, 80)) for e in range(4)]
     assert moge[:3] == [0, 0, 0] and moge[3] == pytest.approx(fg[0] / 0.75, abs=2)
+
+
+
+def test_labels_of_a_crowd_never_cover_each_other_and_stay_in_the_image():
+    """Four people side by side with tops at one height (the README picture's crowd): every label readable."""
+    boxes = [(300 + 25 * k, 100 + 3 * k, 340 + 25 * k, 300) for k in range(4)] + [(600, 0, 640, 50)]
+    sizes = [(120, 18)] * 5
+    rects = place_labels(boxes, sizes, (480, 640))
+    for i, (x, y, w, h) in enumerate(rects):
+        assert x >= 0 and x + w <= 640 and y >= 0 and y + h <= 480, rects[i]
+        for o in rects[:i]:
+            assert not (x < o[0] + o[2] and o[0] < x + w and y < o[1] + o[3] and o[1] < y + h), (rects[i], o)
+    assert rects[0][1] + rects[0][3] <= boxes[0][1]  # the first (most confident) label sits above its box
+
+
+def test_drawn_labels_sit_on_dark_plates_and_the_most_confident_box_keeps_the_place_above_it():
+    img = np.full((240, 320, 3), 200, np.uint8)
+    dets = [SimpleNamespace(box=(100.0, 80.0, 140.0, 200.0), class_name="person", score=0.6, track_id=3),
+            SimpleNamespace(box=(110.0, 82.0, 150.0, 200.0), class_name="person", score=0.9, track_id=4)]
+    out = draw_detections(img, dets)
+    assert np.array_equal(img, np.full_like(img, 200))  # the input is not drawn on
+    strip = out[62:78, 112:150]  # just above the 0.9 box: its label plate (dark) with text
+    assert (strip.max(axis=2) < 30).mean() > 0.4 and (strip[..., 0] > 200).any()
 
 
 @pytest.fixture(scope="module")
