@@ -36,7 +36,8 @@ def draw_detections(rgb: np.ndarray, detections: Iterable[Any], scale: float = 1
 
     ``detections``: objects with ``box`` (x1, y1, x2, y2 in pixels of an image ``1/scale`` times the size of
     ``rgb``), ``class_name`` and ``score``; a ``track_id`` (when set) is drawn as ``#17``. Labels sit on a dark
-    plate above their box and never cover each other (:func:`place_labels`)."""
+    plate above their box and never cover each other (:func:`place_labels`); a label pushed away from its box
+    by others is tied to it by a thin line."""
     img = np.asarray(rgb)
     img = np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img.copy())
     dets = sorted(detections, key=lambda d: -float(d.score))
@@ -46,7 +47,11 @@ def draw_detections(rgb: np.ndarray, detections: Iterable[Any], scale: float = 1
     sizes = [cv2.getTextSize(t, _FONT, _LABEL_SCALE, 1)[0] for t in texts]
     for x1, y1, x2, y2 in boxes:
         cv2.rectangle(img, (x1, y1), (x2, y2), _BOX_COLOUR, 2)
-    for text, (x, y, w, h) in zip(texts, place_labels(boxes, [(w + 4, h + 6) for w, h in sizes], img.shape[:2])):
+    rects = place_labels(boxes, [(w + 4, h + 6) for w, h in sizes], img.shape[:2])
+    for (x1, y1, _x2, _y2), (x, y, _w, h) in zip(boxes, rects):
+        if y + h < y1 - 1:  # stacked above its box by other labels: a leader line to the box
+            cv2.line(img, (x + 1, y + h), (x1 + 1, y1), _BOX_COLOUR, 1, cv2.LINE_AA)
+    for text, (x, y, w, h) in zip(texts, rects):
         cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), (0, 0, 0), -1)
         cv2.putText(img, text, (x + 2, y + h - 4), _FONT, _LABEL_SCALE, _TEXT_COLOUR, 1, cv2.LINE_AA)
     return img
