@@ -60,8 +60,9 @@ def draw_detections(rgb: np.ndarray, detections: Iterable[Any], scale: float = 1
 def place_labels(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[tuple[int, int]],
                  shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Label rectangles (x, y, w, h), one per box in the given order (most important first), inside an image of
-    ``shape`` (H, W): above the box where that is free, else the nearest free slot above, inside or below it; a
-    label that finds no free slot keeps the place above its box."""
+    ``shape`` (H, W): right above the box where that is free, else the first free slot of: up to three label
+    heights higher, inside the box's top, below the box; a label that finds no free slot keeps the place right
+    above its box."""
     height, width = shape
     placed: list[tuple[int, int, int, int]] = []
     for (x1, y1, _x2, y2), (w, h) in zip(boxes, sizes):
