@@ -86,3 +86,12 @@ def test_feature_training_resumes_from_its_checkpoint_and_writes_loadable_weight
     assert (tmp_path / "model.safetensors").read_bytes() != first
     nets = autoreg_net.load_nets(str(tmp_path / "model.safetensors"))
     assert nets.thermal.body[0].out_channels == 4
+
+
+def test_feature_training_refuses_shifts_outside_its_crop_margin_before_loading_data(tmp_path):
+    cmd = [sys.executable, str(REPO / "training" / "autoreg_features.py"), "--data", str(tmp_path / "none"),
+           "--out", str(tmp_path / "out"), "--radii", "1,13"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1",
+                          "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "--radii 1,13: shift radii must lie in 1..12" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -63,7 +63,6 @@ def test_contact_sheet_shows_thermal_visible_fused_boxes_and_gate_bars(pair):
     assert moge[:3] == [0, 0, 0] and moge[3] == pytest.approx(fg[0] / 0.75, abs=2)
 
 
-
 def test_labels_of_a_crowd_never_cover_each_other_and_stay_in_the_image():
     """Four people side by side with tops at one height (the README picture's crowd): every label readable."""
     boxes = [(300 + 25 * k, 100 + 3 * k, 340 + 25 * k, 300) for k in range(4)] + [(600, 0, 640, 50)]

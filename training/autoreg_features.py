@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -62,10 +63,10 @@ def _msrs_offset(ir: np.ndarray, vis: np.ndarray) -> np.ndarray | None:
 
 def training_pairs(data: Path, max_per_dataset: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(thermal grey, visible grey) uint8 pairs, registered, none of the registration benchmark's."""
-    picks = [("roadscene", s) for s in [r["stem"] for r in dataset_meta(data / "roadscene")][20:157][:max_per_dataset]]
+    picks = [("roadscene", r["stem"]) for r in dataset_meta(data / "roadscene")[20:157][:max_per_dataset]]
     for ds in ("tno", "tno_more", "llvip_det", "m3fd", "msrs_det_more"):
         if (data / ds).is_dir():
-            picks += [(ds, s) for s in [r["stem"] for r in dataset_meta(data / ds)][:max_per_dataset]]
+            picks += [(ds, r["stem"]) for r in dataset_meta(data / ds)[:max_per_dataset]]
     pairs, dropped = [], 0
     for ds, stem in picks:
         ir, vis = (autoreg._gray(x) for x in read_dataset_pair(data / ds, stem))
@@ -115,15 +116,15 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / (x.norm(dim=1, keepdim=True) + 1e-6)
 
 
-def contrastive_loss(ft: torch.Tensor, fv: torch.Tensor, tau: float, radii: tuple[int, ...] = SHIFT_RADII
-                     ) -> tuple[torch.Tensor, float]:
+def contrastive_loss(ft: torch.Tensor, fv: torch.Tensor, tau: float,
+                     negatives: Sequence[tuple[int, int]] = tuple(shifts(SHIFT_RADII))) -> tuple[torch.Tensor, float]:
     """Cross-entropy of the aligned correlation against shifted and cross-pair ones; (loss, share ranked first)."""
     m = MARGIN
     inner = ft.shape[-1] - 2 * m
     v = _unit(fv[..., m:m + inner, m:m + inner])
     t0 = _unit(ft[..., m:m + inner, m:m + inner])
     cols = [(t0 * v).sum(1, keepdim=True)]
-    for dx, dy in shifts(radii):
+    for dx, dy in negatives:
         ts = _unit(ft[..., m + dy:m + dy + inner, m + dx:m + dx + inner])
         cols.append((ts * v).sum(1, keepdim=True))
     cross = t0 @ v.T
@@ -157,8 +158,10 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     p.add_argument("--max-pairs", type=int, default=None, help="at most this many pairs per dataset (smoke runs)")
     a = p.parse_args()
-    radii = tuple(int(r) for r in a.radii.split(","))
-    shifts(radii)  # fail before loading data
+    try:  # a bad list fails before the data loads
+        negatives = shifts(tuple(int(r) for r in a.radii.split(",")))
+    except ValueError as e:
+        p.error(f"--radii {a.radii}: {e}")
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -181,7 +184,7 @@ def main() -> None:
         batch = [sample(pairs, rng, a.crop) for _ in range(a.batch)]
         xt = torch.from_numpy(np.stack([b[0] for b in batch]))
         xv = torch.from_numpy(np.stack([b[1] for b in batch]))
-        loss, acc = contrastive_loss(nets(xt, "thermal"), nets(xv, "rgb"), a.tau, radii)
+        loss, acc = contrastive_loss(nets(xt, "thermal"), nets(xv, "rgb"), a.tau, negatives)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -198,7 +201,7 @@ def main() -> None:
     weights = {k: v.detach().half().contiguous() for k, v in nets.state_dict().items()}
     tmp = a.out / "model.safetensors.tmp"
     save_file(weights, str(tmp), metadata={"steps": str(step), "radii": a.radii,
-                                                       "recipe": "training/autoreg_features.py"})
+                                           "recipe": "training/autoreg_features.py"})
     os.replace(tmp, a.out / "model.safetensors")
     print(f"wrote {a.out / 'model.safetensors'}", flush=True)
 
