@@ -17,7 +17,6 @@ for ``--html-report`` failed (the pair is named on stderr); 2 nothing was fused.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .embedded import CHECKPOINT_KINDS
-from .image_io import ImageReadError, pair_by_stem, read_ir, read_vis, write_image
+from .image_io import ImageReadError, dataset_meta, pair_by_stem, read_ir, read_vis, write_image
 from .report import draw_detections, latency_table
 from .tracking import DetectionTracker, check_classes, select_classes
 from .tracking import add_arguments as add_detection_arguments
@@ -54,15 +53,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def daynight_tags(ir_dir: Path) -> dict[str, str]:
     """Day/night tags from a ``meta.csv`` beside the ``ir/`` folder (the shared data layout), if present."""
-    meta = ir_dir.parent / "meta.csv"
+    try:
+        rows = dataset_meta(ir_dir.parent)
+    except FileNotFoundError:  # optional here: no tags
+        return {}
     tags: dict[str, str] = {}
-    if meta.is_file():
-        with open(meta, newline="") as f:
-            for row in csv.DictReader(f):
-                stem = row.get("stem") or row.get("id")
-                tag = row.get("light") or row.get("daynight")
-                if stem and tag:
-                    tags[stem] = tag
+    for row in rows:  # other layouts name the columns id / daynight
+        stem = row.get("stem") or row.get("id")
+        tag = row.get("light") or row.get("daynight")
+        if stem and tag:
+            tags[stem] = tag
     return tags
 
 

@@ -70,18 +70,21 @@ def test_a_map_is_the_size_of_its_input_for_either_modality():
 
 
 def test_feature_training_resumes_from_its_checkpoint_and_writes_loadable_weights(data_dir, tmp_path):
-    def train(*extra: str) -> str:
+    def train(*extra: str, rc: int = 0) -> subprocess.CompletedProcess:
         cmd = [sys.executable, str(REPO / "training" / "autoreg_features.py"), "--data", str(data_dir),
                "--out", str(tmp_path), "--max-pairs", "2", "--batch", "2", "--crop", "64", "--width", "4",
                "--checkpoint-every", "2", *extra]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={"OMP_NUM_THREADS": "1",
                               "PATH": "/usr/bin:/bin"})
-        assert done.returncode == 0, done.stderr[-2000:]
-        return done.stdout
+        assert done.returncode == rc, done.stderr[-2000:]
+        return done
 
     train("--steps", "2")
     first = (tmp_path / "model.safetensors").read_bytes()
-    out = train("--steps", "4", "--resume")
+    refused = train("--steps", "4", "--resume", "--radii", "1,2", rc=2)  # not the run the checkpoint holds
+    assert "--radii 2,3,5,8,12 (now 1,2)" in refused.stderr
+    assert (tmp_path / "model.safetensors").read_bytes() == first
+    out = train("--steps", "4", "--resume").stdout
     assert "resumed at step 2" in out
     assert (tmp_path / "model.safetensors").read_bytes() != first
     nets = autoreg_net.load_nets(str(tmp_path / "model.safetensors"))

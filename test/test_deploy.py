@@ -13,13 +13,15 @@ from moe_fusion_core.engine import FusionEngine
 from moe_fusion_core.image_io import read_ir, read_vis
 from moe_fusion_core.model.deploy import (
     DeployFusion,
+    StackedExperts,
     area_pool_matrix,
     combine_pair,
     gate_features,
     interleaved_conv,
+    modality_padded,
     pair_modules,
 )
-from moe_fusion_core.model.experts import combine
+from moe_fusion_core.model.experts import LocalExpert, combine
 
 STEMS = ("00081D", "01023N")  # MSRS validation pairs (day, night) the shipped models route to different experts
 SIZE = (320, 240)
@@ -111,6 +113,22 @@ def test_interleaved_conv_equals_the_grouped_pair_on_reordered_input():
         torch.testing.assert_close(flat(interleaved), torch.cat([a(x_v), b(x_i)], 1), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="groups=2"):
         interleaved_conv(a, 1)
+
+
+def test_modality_padded_experts_give_the_modality_routed_outputs():
+    torch.manual_seed(1)
+    experts = torch.nn.ModuleList(LocalExpert(8, 4) for _ in range(4))  # 0, 1 visible; 2, 3 infrared
+    stacked = StackedExperts(experts)
+    padded = modality_padded(stacked, num_visible=2, channels=8)
+    f = torch.randn(2, 16, 7, 9)  # [visible; infrared]
+    idx = torch.tensor([[0, 3], [2, 1]])
+    routed = torch.stack([f[:, :8] if i < 2 else f[:, 8:] for i in range(4)], 1)  # each expert's modality
+    x = torch.stack([routed[b, idx[b]] for b in range(2)])  # B×K×C×H×W, slot inputs
+    with torch.no_grad():
+        torch.testing.assert_close(padded.gathered(f, idx, shared=True), stacked.gathered(x, idx, shared=False),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="reads 8 channels, expected 16"):
+        modality_padded(stacked, num_visible=2, channels=16)
 
 
 def test_two_expert_combination_equals_the_log_sum_exp_of_the_eager_model():

@@ -214,6 +214,26 @@ class StackedExperts(nn.Module):
         return y.reshape(y.shape[0], n, -1, *y.shape[-2:])
 
 
+def modality_padded(experts: StackedExperts, num_visible: int, channels: int) -> StackedExperts:
+    """A copy of MoLE's ``experts`` whose first layer reads both modalities ``[visible; infrared]`` (2·C channels),
+    with zero weight on the modality an expert does not take (experts ``< num_visible`` are visible ones). Gathered
+    with ``shared=True`` it gives the modality-routed outputs without materialising a per-slot input (one less
+    B×K×C×H×W copy in an exported graph); twice the multiply-adds of the first layer."""
+    out = copy.deepcopy(experts)
+    w0 = experts.weight(0)
+    n = experts.num_experts
+    hidden, c, kh, kw = w0.shape[0] // n, w0.shape[1], w0.shape[2], w0.shape[3]
+    if c != channels:
+        raise ValueError(f"modality_padded: first layer reads {c} channels, expected {channels}")
+    padded = w0.new_zeros((n, hidden, 2 * c, kh, kw))
+    for i in range(n):
+        m = 0 if i < num_visible else 1
+        padded[i, :, m * c:(m + 1) * c] = w0.view(n, hidden, c, kh, kw)[i]
+    out.w0 = padded.reshape(n * hidden, 2 * c, kh, kw).contiguous()
+    out.kernel_shapes[0] = (2 * c, kh, kw)
+    return out
+
+
 def combine_pair(expert_outputs: torch.Tensor, top_k_gates: torch.Tensor, mode: str) -> torch.Tensor:
     """:func:`~moe_fusion_core.model.experts.combine`, the same maths; for K = 2 and ``logsumexp`` written as
     max(a, b) + log1p(exp(min(a, b) − max(a, b))) of a, b = log g + E (element-wise, no reduction)."""
@@ -307,6 +327,9 @@ class DeployFusion(nn.Module):
             self.local_fg = StackedExperts(fh.mole_fg.experts)
             self.local_bg = StackedExperts(fh.mole_bg.experts)
             self.num_visible = fh.mole_fg.num_visible
+            # exported graphs: the first layer reads [visible; infrared] with zeros for the other modality
+            self.padded_fg = modality_padded(self.local_fg, self.num_visible, self.channels)
+            self.padded_bg = modality_padded(self.local_bg, self.num_visible, self.channels)
         elif self.local_mode == "att_local":
             self.att_local_fg, self.att_local_bg = fh.local_fg, fh.local_bg
         if hasattr(fh, "moge"):
@@ -363,8 +386,9 @@ class DeployFusion(nn.Module):
             f = f * (1 + torch.repeat_interleave(a, c, dim=1))
         return f, a
 
-    def _encode_flat(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoders in the flat order: (x_enc as [d_v; d_i], x_dense of both as [a_v, a_i, b_v, … d_i])."""
+    def _encode_flat(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoders in the flat order: (x_enc as [d_v; d_i], x_dense of both as [a_v, a_i, b_v, … d_i] in two
+        pieces, [a…c] and d, that x_f concatenates once)."""
         e = self.flat_encoders
         assert e is not None
         a = torch.relu(e["conv1"](torch.cat([vis, ir], 1)))
@@ -373,7 +397,7 @@ class DeployFusion(nn.Module):
         cc = e["dense2"](ab)
         abc = torch.cat([ab, cc], 1)
         d = e["dense3"](abc)
-        return d, torch.cat([abc, d], 1)
+        return d, [abc, d]
 
     def _encode(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The paired encoders: (x_enc as [d_v; d_i], x_dense of the visible one, x_dense of the infrared one)."""
@@ -391,14 +415,18 @@ class DeployFusion(nn.Module):
         """The selected experts' combination; in a traced ONNX graph the element-wise two-expert form."""
         return (combine_pair if self.export else combine)(outputs, top_k_gates, self.combine_mode)
 
-    def _mole(self, mole: nn.Module, experts: StackedExperts, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f``: the masked encoder features of both modalities, B×2C×H×W ``[visible; infrared]``."""
+    def _mole(self, mole: nn.Module, experts: StackedExperts, padded: StackedExperts, f: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f``: the masked encoder features of both modalities, B×2C×H×W ``[visible; infrared]``; ``padded``:
+        ``experts`` reading both (:func:`modality_padded`), used in exported graphs."""
         g = mole.gate(gate_features(f, mole.cfg.grid, mole.cfg.pool, self.export))
         fv, fi = f[:, :self.channels], f[:, self.channels:]
         if self.moe == "dense":
             if 2 * self.num_visible != experts.num_experts:
                 raise ValueError("dense MoLE needs as many visible as infrared experts")
             y = combine_all(experts.dense(torch.cat([fv, fi], 1), input_groups=2), g.gates, self.combine_mode)
+        elif self.export:
+            y = self._combine(padded.gathered(f, g.top_k_indices, shared=True), g.top_k_gates)
         else:
             idx = g.top_k_indices
             is_vis = (idx < self.num_visible).view(*idx.shape, 1, 1, 1)
@@ -441,16 +469,15 @@ class DeployFusion(nn.Module):
             att = ir.new_full((ir.shape[0], 1, *size), self.cfg.fixed_att)
         flat = bool(self.export) and self.flat_encoders is not None
         if flat:
-            enc, dense = self._encode_flat(vis, ir)
-            parts = [dense]
+            enc, parts = self._encode_flat(vis, ir)
         else:
             enc, dense_v, dense_i = self._encode(vis, ir)
             parts = [dense_v, dense_i]
         att = att.to(enc.dtype)
         gates: dict[str, torch.Tensor] = {}
         if self.local_mode == "mole":
-            fg, gates["mole_fg"] = self._mole(self.mole_fg, self.local_fg, enc * att)
-            bg, gates["mole_bg"] = self._mole(self.mole_bg, self.local_bg, enc * (1 - att))
+            fg, gates["mole_fg"] = self._mole(self.mole_fg, self.local_fg, self.padded_fg, enc * att)
+            bg, gates["mole_bg"] = self._mole(self.mole_bg, self.local_bg, self.padded_bg, enc * (1 - att))
             parts += [fg.to(enc.dtype), bg.to(enc.dtype)]
         elif self.local_mode == "att_local":
             enc_v, enc_i = enc[:, :self.channels], enc[:, self.channels:]
