@@ -174,11 +174,11 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(a.steps * 0.7), int(a.steps * 0.9)], 0.1)
     step = 0
     state_file = a.out / "state.pt"
-    recipe = {k: str(getattr(a, k)) for k in RESUME_MUST_MATCH}
+    options = {k: str(getattr(a, k)) for k in RESUME_MUST_MATCH}
     if a.resume:
         st = torch.load(state_file, weights_only=True)
-        saved = st.get("recipe", {})  # states written before 2026-12-06 carry none
-        changed = [f"--{k} {saved[k]} (now {v})" for k, v in recipe.items() if k in saved and saved[k] != v]
+        saved = st.get("options", {})  # states written before 2026-12-06 carry none
+        changed = [f"--{k} {saved[k]} (now {v})" for k, v in options.items() if k in saved and saved[k] != v]
         if changed:
             p.error(f"--resume: {state_file} was trained with " + ", ".join(changed) + "; resume with the same options")
         nets.load_state_dict(st["model"])
@@ -206,7 +206,7 @@ def main() -> None:
             print(f"step {step} loss {ls:.3f} aligned-first {ac:.2f} ({time.time() - t0:.0f} s)", flush=True)
         if step % a.checkpoint_every == 0 or step == a.steps:
             _atomic_torch_save({"model": nets.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                "step": step, "rng": rng.bit_generator.state, "recipe": recipe}, state_file)
+                                "step": step, "rng": rng.bit_generator.state, "options": options}, state_file)
     weights = {k: v.detach().half().contiguous() for k, v in nets.state_dict().items()}
     tmp = a.out / "model.safetensors.tmp"
     save_file(weights, str(tmp), metadata={"steps": str(step), "radii": a.radii,
