@@ -167,6 +167,9 @@ class TrainConfig:
     gamma_range: tuple[float, float] = (0.7, 1.4)  # its gamma, drawn log-uniformly
     keep_unlabelled: bool = False  # spec §9.6: train the fusion head on frames without boxes too
     labelled_repeat: int = 1  # frames with boxes appear this many times per pass (when they are scarce)
+    # Frames of these dataset folders (their names under --data, e.g. {m3svd: 3}) appear this many times per pass:
+    # a small rig's scenes weigh more in training; every name must be a loaded dataset.
+    dataset_repeat: dict[str, int] = field(default_factory=dict)
     # Class-balanced sampling (repeat-factor sampling, LVIS): a frame is repeated max over its classes of
     # max(1, sqrt(t / f_c)) times per pass, f_c = share of training frames holding class c; 0 = off.
     class_repeat_threshold: float = 0.0

@@ -414,6 +414,22 @@ def test_build_datasets_drops_frames_without_boxes_unless_asked(data_dir, tmp_pa
         build_datasets([data_dir / "tno", data_dir / "tno"], cfg)
 
 
+def test_dataset_repeat_weighs_the_named_dataset_and_refuses_unknown_names(data_dir):
+    cfg = load_config("embedded")
+    cfg.model.class_names = ["person"]
+    cfg.train.val_fraction, cfg.train.keep_unlabelled = 0.0, True
+    cfg.train.dataset_repeat = {"llvip_det": 4}
+    train, _, _, info = build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
+    assert len(train) == 42 + 4 * 11
+    assert sum(k.startswith("llvip_det/") for k in info["train"]) == 44
+    cfg.train.dataset_repeat = {"llvip": 4}  # a typo must not train on the unweighted data silently
+    with pytest.raises(ValueError, match=r"dataset_repeat names \['llvip'\]"):
+        build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
+    cfg.train.dataset_repeat = {"tno": 0}
+    with pytest.raises(ValueError, match="integers >= 1"):
+        build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
+
+
 def test_collate_refuses_mixed_sizes_with_a_hint(data_dir):
     cfg = load_config("embedded")
     cfg.train.input_size = None

@@ -157,6 +157,19 @@ def class_balanced_repeats(records: list[PairRecord], threshold: float, seed: in
     return out
 
 
+def dataset_repeats(records: list[PairRecord], repeat: dict[str, int], loaded: set[str]) -> list[PairRecord]:
+    """Append ``repeat[name] - 1`` more copies of each frame of the dataset folder ``name`` (``train.dataset_repeat``).
+    A name that is not a loaded dataset or a factor below 1 is an error, not a silent no-op."""
+    unknown = sorted(set(repeat) - loaded)
+    if unknown:
+        raise ValueError(f"train.dataset_repeat names {unknown}, not among the loaded datasets {sorted(loaded)}")
+    bad = {k: v for k, v in repeat.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
+    if bad:
+        raise ValueError(f"train.dataset_repeat factors must be integers >= 1, got {bad}")
+    extra = [r for r in records if repeat.get(r.dataset, 1) > 1 for _ in range(repeat[r.dataset] - 1)]
+    return records + extra
+
+
 def build_datasets(data_dirs: list[str | Path], cfg: Config
                    ) -> tuple[PairDataset, PairDataset, list[str], dict[str, Any]]:
     """Read every dataset root, split by scene (or by ``train.split_file``), filter the training frames; returns
@@ -193,6 +206,7 @@ def build_datasets(data_dirs: list[str | Path], cfg: Config
     if cfg.train.labelled_repeat < 1:
         raise ValueError(f"train.labelled_repeat must be >= 1, got {cfg.train.labelled_repeat}")
     train = train + [r for r in train if r.has_boxes] * (cfg.train.labelled_repeat - 1)
+    train = dataset_repeats(train, cfg.train.dataset_repeat, seen)
     train = class_balanced_repeats(train, cfg.train.class_repeat_threshold, cfg.train.seed)
     info["train"] = [r.key for r in train]
     info["val"] = [r.key for r in val]
