@@ -428,6 +428,12 @@ def test_dataset_repeat_weighs_the_named_dataset_and_refuses_unknown_names(data_
     cfg.train.dataset_repeat = {"tno": 0}
     with pytest.raises(ValueError, match="integers >= 1"):
         build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
+    cfg.train.dataset_repeat = {"tno": 2.5}
+    with pytest.raises(ValueError, match="integers >= 1"):
+        build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
+    cfg.train.dataset_repeat = ["tno"]  # a list in the YAML instead of a mapping
+    with pytest.raises(ValueError, match="must map dataset folder names"):
+        build_datasets([data_dir / "llvip_det", data_dir / "tno"], cfg)
 
 
 def test_collate_refuses_mixed_sizes_with_a_hint(data_dir):

@@ -160,6 +160,9 @@ def class_balanced_repeats(records: list[PairRecord], threshold: float, seed: in
 def dataset_repeats(records: list[PairRecord], repeat: dict[str, int], loaded: set[str]) -> list[PairRecord]:
     """Append ``repeat[name] - 1`` more copies of each frame of the dataset folder ``name`` (``train.dataset_repeat``).
     A name that is not a loaded dataset or a factor below 1 is an error, not a silent no-op."""
+    if not isinstance(repeat, dict):
+        raise ValueError("train.dataset_repeat must map dataset folder names to factors (e.g. {m3svd: 3}), "
+                         f"got {repeat!r}")
     unknown = sorted(set(repeat) - loaded)
     if unknown:
         raise ValueError(f"train.dataset_repeat names {unknown}, not among the loaded datasets {sorted(loaded)}")
