@@ -9,6 +9,7 @@ the embedded models (``default``, ``fast``) work too (:func:`~moe_fusion_core.em
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -164,6 +165,36 @@ def load_model(path: str | Path | None, device: str | torch.device = "cpu",
     model.load_state_dict(state)
     return model.to(device=device, dtype=dtype), cfg
 
+
+
+def average_models(paths: list[str | Path], weights: list[float] | None = None) -> tuple[MoEFusion, Config]:
+    """Weight averaging of checkpoints of one architecture (e.g. points of one training run's trajectory).
+
+    Floating tensors become the weighted mean (``weights`` default: equal), computed in fp32; integer buffers
+    (counters) must agree and are kept. Returns the model (fp32) and the first checkpoint's config. Checkpoints
+    whose model configs differ are refused, as are fewer than two paths and weights that do not match them."""
+    if len(paths) < 2:
+        raise ValueError(f"weight averaging needs at least two checkpoints, got {len(paths)}")
+    if weights is None:
+        weights = [1.0] * len(paths)
+    if len(weights) != len(paths) or any(not w > 0 for w in weights):
+        raise ValueError(f"need one positive weight per checkpoint: {len(paths)} checkpoints, weights {weights}")
+    total = float(sum(weights))
+    model, cfg = load_model(paths[0])
+    acc = {k: v.float() * (weights[0] / total) if v.is_floating_point() else v.clone()
+           for k, v in model.state_dict().items()}
+    for path, w in zip(paths[1:], weights[1:]):
+        other, other_cfg = load_model(path)
+        if dataclasses.asdict(other_cfg.model) != dataclasses.asdict(cfg.model):
+            raise CheckpointError(f"{path}: its model config differs from {paths[0]}'s; only checkpoints of one "
+                                  "architecture can be averaged")
+        for k, v in other.state_dict().items():
+            if v.is_floating_point():
+                acc[k] += v.float() * (w / total)
+            elif not torch.equal(v, acc[k]):
+                raise CheckpointError(f"{path}: integer buffer {k} differs from {paths[0]}'s")
+    model.load_state_dict(acc)
+    return model, cfg
 
 # ---------------------------------------------------------------- ``moe-fusion export``
 def add_arguments(p: Any) -> None:

@@ -14,7 +14,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from moe_fusion_core import checkpoint as ckpt_mod
-from moe_fusion_core.checkpoint import CheckpointError, atomic_write_dir, load_model, read_config, save_model
+from moe_fusion_core.checkpoint import (
+    CheckpointError,
+    atomic_write_dir,
+    average_models,
+    load_model,
+    read_config,
+    save_model,
+)
 from moe_fusion_core.config import Config, named_config
 from moe_fusion_core.model import build_model
 
@@ -259,3 +266,40 @@ def test_export_command_writes_an_fp16_model_that_loads_and_matches(tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded.eval()(ir, vis).fused, model(ir, vis).fused, atol=2e-2)
     assert main(["export", str(src), str(tmp_path / "x"), "--note", "novalue"]) == 2
+
+
+def test_weight_averaging_gives_the_weighted_mean_of_every_weight_and_a_loadable_checkpoint(tmp_path):
+    cfg = fusion_only_config()
+    a, b = trained_looking_model(cfg, seed=0), trained_looking_model(cfg, seed=1)
+    pa, pb = save_model(a, cfg, tmp_path / "a"), save_model(b, cfg, tmp_path / "b")
+    mean, cfg2 = average_models([pa, pb])
+    assert cfg2 == cfg
+    sa, sb, sm = a.state_dict(), b.state_dict(), mean.state_dict()
+    moved = 0
+    for k, v in sm.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (sa[k] + sb[k]) / 2, rtol=0, atol=1e-7)
+            moved += not torch.equal(sa[k], sb[k])
+        else:
+            assert torch.equal(v, sa[k]), k
+    assert moved > 10  # the two models really differ, so the mean is not one of them
+    weighted, _ = average_models([pa, pb], weights=[3, 1])
+    k = next(k for k in sa if "gate" in k and sa[k].is_floating_point())
+    torch.testing.assert_close(weighted.state_dict()[k], 0.75 * sa[k] + 0.25 * sb[k], rtol=0, atol=1e-7)
+    loaded, _ = load_model(save_model(mean, cfg, tmp_path / "mean"))
+    ir, vis = pair()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ir, vis).fused, mean.eval()(ir, vis).fused, rtol=0, atol=0)
+
+
+def test_weight_averaging_refuses_other_architectures_and_mismatched_weights(tmp_path):
+    cfg = fusion_only_config()
+    fast = fusion_only_config("fast")
+    pa = save_model(trained_looking_model(cfg), cfg, tmp_path / "a")
+    pf = save_model(trained_looking_model(fast), fast, tmp_path / "f")
+    with pytest.raises(CheckpointError, match="architecture"):
+        average_models([pa, pf])
+    with pytest.raises(ValueError, match="at least two"):
+        average_models([pa])
+    with pytest.raises(ValueError, match="one positive weight per checkpoint"):
+        average_models([pa, pa], weights=[1.0])
