@@ -9,7 +9,6 @@ the embedded models (``default``, ``fast``) work too (:func:`~moe_fusion_core.em
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -166,7 +165,6 @@ def load_model(path: str | Path | None, device: str | torch.device = "cpu",
     return model.to(device=device, dtype=dtype), cfg
 
 
-
 def average_models(paths: list[str | Path], weights: list[float] | None = None) -> tuple[MoEFusion, Config]:
     """Weight averaging of checkpoints of one architecture (e.g. points of one training run's trajectory).
 
@@ -185,7 +183,7 @@ def average_models(paths: list[str | Path], weights: list[float] | None = None) 
            for k, v in model.state_dict().items()}
     for path, w in zip(paths[1:], weights[1:]):
         other, other_cfg = load_model(path)
-        if dataclasses.asdict(other_cfg.model) != dataclasses.asdict(cfg.model):
+        if other_cfg.model != cfg.model:
             raise CheckpointError(f"{path}: its model config differs from {paths[0]}'s; only checkpoints of one "
                                   "architecture can be averaged")
         for k, v in other.state_dict().items():
@@ -195,6 +193,7 @@ def average_models(paths: list[str | Path], weights: list[float] | None = None) 
                 raise CheckpointError(f"{path}: integer buffer {k} differs from {paths[0]}'s")
     model.load_state_dict(acc)
     return model, cfg
+
 
 # ---------------------------------------------------------------- ``moe-fusion export``
 def add_arguments(p: Any) -> None:

@@ -4,7 +4,7 @@
 
 The default model v9 (MODEL_CARD.md, "Recipe") is the mean of v8 and the end of a 1,200-step low learning-rate
 tail trained from v8 (``training/shared_v9_tail.yaml``): two points of one trajectory, so their mean stays in the
-same basin and averages out the step-to-step noise of a single checkpoint. Floating tensors are averaged in fp32;
+same basin, halfway between v8's operating point and the tail's. Floating tensors are averaged in fp32;
 integer buffers must agree. The result is an fp32 checkpoint folder carrying the first checkpoint's config (list
 the last training stage first) for ``moe-fusion export``, ``--checkpoint`` or ``moe-fusion train --init``.
 """
