@@ -11,7 +11,9 @@ autoreg.py were chosen on ``tune`` only.
 
 Usage: ``python benchmarks/bench_autoreg.py --split test [--data ../shared/data] [--json out.json]
 [--maps hybrid|learned|gradient] [--weights W.safetensors]``; ``--unwarped``: each pair estimated as registered
-(the identity as truth; how far a dataset's own registration is from its images' structure).
+(the identity as truth; how far a dataset's own registration is from its images' structure), with ``--json``
+its records; ``--by-own-offset TRIALS.json UNWARPED.json``: the single-pair trials grouped by their pairs' own
+offset (no estimation).
 Prints a Markdown table: per light (day / night) and mode (1 frame / 5 frames): trials, mean corner error of the
 accepted estimates (px), share within 4 px (of all trials), refused, confidently wrong (> 10 px), median seconds.
 """
@@ -111,21 +113,65 @@ def run(data: Path, name: str, seed: int) -> list[dict]:
     return recs
 
 
-def unwarped(data: Path, name: str) -> None:
+def unwarped(data: Path, name: str) -> list[dict]:
     """Each single pair of the split estimated as registered (truth: the identity): how far the dataset's own
-    registration is from what the images' structure says. Prints the corner errors per dataset."""
+    registration is from what the images' structure says. Prints the corner errors per dataset; returns one
+    record per pair (``err``: the estimate's corner distance from the identity, None when nothing converged)."""
     singles, _ = split(data, name)
     errs: dict[str, list[float]] = defaultdict(list)
-    for ds, stem, _light in singles:
+    recs = []
+    for ds, stem, light in singles:
         ir, vis = read_dataset_pair(data / ds, stem)
         est = autoreg.estimate_pair(ir, vis)
+        recs.append(record(est, np.eye(3), (ir.shape[1], ir.shape[0]), mode="unwarped", light=light, ds=ds,
+                           stems=[stem]))
         if est.h is not None:
-            errs[ds].append(autoreg.corner_error(est.h, np.eye(3), (ir.shape[1], ir.shape[0])))
-        print(f"{ds} {stem}: {errs[ds][-1] if est.h is not None else None} {est.summary()}", flush=True)
+            errs[ds].append(recs[-1]["err"])
+        print(f"{ds} {stem}: {recs[-1]['err']} {est.summary()}", flush=True)
     for ds, e in errs.items():
         e = sorted(e)
         print(f"| {ds} | {len(e)} | {sum(x <= 4 for x in e)} | {statistics.median(e):.1f} | "
               + ", ".join(f"{x:.1f}" for x in e) + " |")
+    return recs
+
+
+OWN_BUCKETS = ((2.0, "≤ 2 px"), (4.0, "2–4 px"), (100.0, "> 4 px"))
+
+
+def by_own_offset(trials: list[dict], own: list[dict]) -> str:
+    """Single-pair trials grouped by how far their pair's own registration is from its images' structure (the
+    ``--unwarped`` records of the same split): a Markdown table, and how closely an accepted trial's error
+    follows its pair's own offset. The offset is the method's own estimate on the unwarped pair, so this shows
+    where the truth limits the score; it is not an independent truth."""
+    offset = {(r["ds"], r["stems"][0]): r["err"] for r in own}
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in trials:
+        if r["mode"] != "1 frame":
+            continue
+        e = offset.get((r["ds"], r["stems"][0]))
+        label = next((lab for lim, lab in OWN_BUCKETS if e is not None and e <= lim), "not measured")
+        groups[label].append(r)
+    lines = ["| pair's own offset (unwarped estimate) | trials | within 4 px | refused | accepted at > 4 px "
+             "| confidently wrong (> 10 px) | datasets |", "|---|---:|---:|---:|---:|---:|---|"]
+    for label in [lab for _, lab in OWN_BUCKETS] + ["not measured"]:
+        rs = groups.get(label, [])
+        if not rs:
+            continue
+        acc = [r for r in rs if r["ok"]]
+        within = sum(r["err"] <= 4 for r in acc)
+        counts = defaultdict(int)
+        for r in rs:
+            counts[r["ds"]] += 1
+        lines.append(f"| {label} | {len(rs)} | {within} ({within / len(rs):.0%}) | {len(rs) - len(acc)} | "
+                     f"{len(acc) - within} | {sum(r['err'] > 10 for r in acc)} | "
+                     + ", ".join(f"{d} {n}" for d, n in sorted(counts.items())) + " |")
+    pairs = np.array([(offset[(r["ds"], r["stems"][0])], r["err"]) for r in trials if r["mode"] == "1 frame"
+                      and r["ok"] and (offset.get((r["ds"], r["stems"][0])) or 1e9) <= OWN_BUCKETS[-1][0]])
+    if len(pairs) > 2:
+        lines.append(f"\naccepted trials with a measured own offset: {len(pairs)}; correlation of trial error and own "
+                     f"offset {np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]:.2f}; median |error − own offset| "
+                     f"{np.median(np.abs(pairs[:, 1] - pairs[:, 0])):.2f} px")
+    return "\n".join(lines)
 
 
 def table(recs: list[dict]) -> str:
@@ -174,13 +220,22 @@ def main() -> None:
                    help="learned-map weights to evaluate instead of the shipped ones (a training run's output)")
     p.add_argument("--unwarped", action="store_true",
                    help="estimate each single pair as registered instead (truth: identity) and print the errors")
+    p.add_argument("--by-own-offset", nargs=2, type=Path, metavar=("TRIALS_JSON", "UNWARPED_JSON"), default=None,
+                   help="no estimation: group the single-pair trials of a --json run by their pairs' own offset "
+                        "(the --unwarped --json run of the same split) and print the table")
     a = p.parse_args()
+    if a.by_own_offset is not None:
+        trials, own = (json.loads(f.read_text()) for f in a.by_own_offset)
+        print(by_own_offset(trials, own))
+        return
     autoreg.MAPS = a.maps
     if a.weights is not None:
         autoreg_net.WEIGHTS = a.weights
     cv2.setNumThreads(1)
     if a.unwarped:
-        unwarped(a.data, a.split)
+        recs = unwarped(a.data, a.split)
+        if a.json:
+            a.json.write_text(json.dumps(recs, indent=1))
         return
     recs = run(a.data, a.split, a.seed)
     if a.json:
