@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the schedule length (smoke runs)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed (a replicate of a recipe)")
     p.add_argument("--workers", type=int, default=None, help="override train.num_workers")
     p.add_argument("--checkpoint-every", type=int, default=None, help="override train.checkpoint_every")
     p.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights")
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.train.steps = args.steps
     if args.batch_size is not None:
         cfg.train.batch_size = args.batch_size
+    if args.seed is not None:
+        cfg.train.seed = args.seed
     if args.workers is not None:
         cfg.train.num_workers = args.workers
     if args.checkpoint_every is not None:

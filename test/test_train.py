@@ -169,6 +169,19 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, data_dir):
     assert steps == list(range(1, 13)), steps
 
 
+def test_seed_flag_replicates_a_recipe_with_another_seed(tmp_path, data_dir):
+    """`--seed N` overrides train.seed: the run records it and draws other crops, so its first loss differs."""
+    cfg = write_config(tmp_path, steps=1, checkpoint_every=1)
+    runs = {}
+    for name, extra in (("recipe", ()), ("replicate", ("--seed", "5"))):
+        proc = train_cli(cfg, [data_dir / "msrs"], tmp_path / name, *extra)
+        assert proc.wait(timeout=300) == 0, proc.stdout.read()
+        runs[name] = tmp_path / name
+    assert yaml.safe_load((runs["replicate"] / "config.yaml").read_text())["train"]["seed"] == 5
+    assert yaml.safe_load((runs["recipe"] / "config.yaml").read_text())["train"]["seed"] == 3
+    assert read_metrics(runs["replicate"])[0]["loss"] != read_metrics(runs["recipe"])[0]["loss"]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path, data_dir):
     proc = train_cli(write_config(tmp_path, steps=2), [data_dir / "msrs"], tmp_path / "none", "--resume")
     out = proc.stdout.read()
