@@ -29,7 +29,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -144,29 +144,27 @@ def by_own_offset(trials: list[dict], own: list[dict]) -> str:
     follows its pair's own offset. The offset is the method's own estimate on the unwarped pair, so this shows
     where the truth limits the score; it is not an independent truth."""
     offset = {(r["ds"], r["stems"][0]): r["err"] for r in own}
-    groups: dict[str, list[dict]] = defaultdict(list)
+    groups: dict[str, list[tuple[float | None, dict]]] = defaultdict(list)
     for r in trials:
         if r["mode"] != "1 frame":
             continue
         e = offset.get((r["ds"], r["stems"][0]))
         label = next((lab for lim, lab in OWN_BUCKETS if e is not None and e <= lim), "not measured")
-        groups[label].append(r)
+        groups[label].append((e, r))
     lines = ["| pair's own offset (unwarped estimate) | trials | within 4 px | refused | accepted at > 4 px "
              "| confidently wrong (> 10 px) | datasets |", "|---|---:|---:|---:|---:|---:|---|"]
     for label in [lab for _, lab in OWN_BUCKETS] + ["not measured"]:
-        rs = groups.get(label, [])
+        rs = [r for _, r in groups.get(label, [])]
         if not rs:
             continue
         acc = [r for r in rs if r["ok"]]
         within = sum(r["err"] <= 4 for r in acc)
-        counts = defaultdict(int)
-        for r in rs:
-            counts[r["ds"]] += 1
+        counts = Counter(r["ds"] for r in rs)
         lines.append(f"| {label} | {len(rs)} | {within} ({within / len(rs):.0%}) | {len(rs) - len(acc)} | "
                      f"{len(acc) - within} | {sum(r['err'] > 10 for r in acc)} | "
                      + ", ".join(f"{d} {n}" for d, n in sorted(counts.items())) + " |")
-    pairs = np.array([(offset[(r["ds"], r["stems"][0])], r["err"]) for r in trials if r["mode"] == "1 frame"
-                      and r["ok"] and (offset.get((r["ds"], r["stems"][0])) or 1e9) <= OWN_BUCKETS[-1][0]])
+    pairs = np.array([(e, r["err"]) for label, group in groups.items() if label != "not measured"
+                      for e, r in group if r["ok"]])
     if len(pairs) > 2:
         lines.append(f"\naccepted trials with a measured own offset: {len(pairs)}; correlation of trial error and own "
                      f"offset {np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]:.2f}; median |error − own offset| "

@@ -155,7 +155,8 @@ def test_cuda_graph_deploy_path_matches_the_cpu_eager_reference(data_dir, name):
     ir = read_ir(data_dir / "msrs" / "ir" / "00004N.png")
     vis = read_vis(data_dir / "msrs" / "vis" / "00004N.png")
     ref = FusionEngine(name, device="cpu", deploy=False).fuse(ir, vis)
-    for precision, mean_tol, max_tol in (("fp32", 0.05, 2), ("fp16", 0.5, 8), ("bf16", 1.5, 16)):
+    # batch_tol: batched against single calls (H100: the fast model's bf16 batch-2 graph differs by up to 2)
+    for precision, mean_tol, max_tol, batch_tol in (("fp32", 0.05, 2, 1), ("fp16", 0.5, 8, 2), ("bf16", 1.5, 16, 3)):
         eng = FusionEngine(name, device="cuda", precision=precision)
         assert eng.cuda_graphs
         for _ in range(2):  # capture, then replay
@@ -170,6 +171,5 @@ def test_cuda_graph_deploy_path_matches_the_cpu_eager_reference(data_dir, name):
         assert small.fused.shape == (240, 320)
         assert len(eng._graphs) == 2  # one graph per (batch, size, detections)
         batch = eng.fuse_batch([(ir, vis), (ir, vis)])
-        batch_tol = {"fp32": 1, "fp16": 2, "bf16": 3}[precision]  # H100: fast bf16 batch-2 vs batch-1 max 2
         for b in batch:
             assert np.abs(b.fused.astype(int) - out.fused.astype(int)).max() <= batch_tol, precision
